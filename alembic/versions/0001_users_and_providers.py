@@ -41,9 +41,7 @@ def upgrade() -> None:
         sa.Column("alias", sa.String(100), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         *_timestamps(),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_providers_user_id_users", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name="fk_providers_user_id_users", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_providers"),
         sa.UniqueConstraint("user_id", "alias", name="uq_providers_user_id_alias"),
     )

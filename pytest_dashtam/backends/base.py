@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pytest_dashtam.urls import mask_url
 
@@ -118,3 +118,21 @@ class Backend(Protocol):
     def status(self) -> StackStatus:
         """Describe the stack of this backend and environment, without changing anything."""
         ...
+
+
+@runtime_checkable
+class SupportsDown(Protocol):
+    """A backend that can stop its environment's stack whoever started it (`dashtam-env down`).
+
+    `stop()` only undoes what this object's `start()` did; `down()` is for a stack left running on
+    purpose (`dashtam-env up`, `--dashtam-keep`) by an earlier process.
+    """
+
+    def down(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsLogs(Protocol):
+    """A backend whose servers write logs it can show (`dashtam-env logs`)."""
+
+    def logs(self, lines: int = 200) -> str: ...

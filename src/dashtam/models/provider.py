@@ -50,9 +50,7 @@ class ProviderConnection(UUIDPrimaryKey, Timestamps, Base):
 
     __tablename__ = "provider_connections"
 
-    provider_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("providers.id", ondelete="CASCADE"), unique=True
-    )
+    provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="CASCADE"), unique=True)
     status: Mapped[ConnectionStatus] = mapped_column(
         Enum(ConnectionStatus, name="connection_status", values_callable=lambda e: [m.value for m in e]),
         default=ConnectionStatus.PENDING,
@@ -69,9 +67,7 @@ class ProviderToken(UUIDPrimaryKey, Timestamps, Base):
 
     __tablename__ = "provider_tokens"
 
-    provider_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("providers.id", ondelete="CASCADE"), unique=True
-    )
+    provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="CASCADE"), unique=True)
     access_token_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     refresh_token_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
     token_type: Mapped[str] = mapped_column(String(32), default="Bearer")
