@@ -21,3 +21,7 @@ class BackendError(DashtamError):
 
 class BinaryNotFoundError(BackendError):
     """No server binary was found where the local backend looks."""
+
+
+class SchemaError(DashtamError):
+    """The test schema could not be built: a failing migration, several Alembic heads, a clone that failed."""
