@@ -87,25 +87,30 @@ def check_testing_flag(testing: object) -> Violation | None:
 
 def check_database_name(database_url: str, dev_database: str) -> Violation | None:
     """The database the tests use must be named as a test database and must not be the dev database."""
-    name = database_name_from_url(database_url)
-    masked = mask_url(database_url)
+    source = f"DATABASE_URL {mask_url(database_url)}"
+    return check_test_name(database_name_from_url(database_url), dev_database, source=source)
+
+
+def check_test_name(name: str, dev_database: str, *, source: str = "") -> Violation | None:
+    """The naming rule on a bare database name (what `check_database_name` applies to a URL's path)."""
+    origin = f" (from {source})" if source else ""
     if not name:
         return Violation(
             "database_name",
-            f"DATABASE_URL {masked} names no database; the test run needs a test database name "
-            "such as dashtam_test in the URL's path",
+            f"no database name{origin}; the test run needs a test database name such as dashtam_test "
+            "in the URL's path",
         )
     if dev_database and name.lower() == dev_database.lower():
         return Violation(
             "database_name",
-            f"the test database {name!r} is the dev database ({dev_database!r}); "
+            f"the test database {name!r}{origin} is the dev database; "
             "point DATABASE_URL in the test env file at a test database such as dashtam_test",
         )
     if not is_test_database_name(name):
         return Violation(
             "database_name",
-            f"the database name {name!r} (from DATABASE_URL {masked}) does not contain 'test' "
-            "as a word part; use a test database name such as dashtam_test",
+            f"the database name {name!r}{origin} does not contain 'test' as a word part; "
+            "use a test database name such as dashtam_test",
         )
     return None
 
