@@ -1,0 +1,284 @@
+"""Spawning PostgreSQL and Redis/Valkey processes, the initdb cache, and waiting for readiness.
+
+Speed notes (numbers from issue 3, this machine): initdb costs ~0.45 s, so an initdb'd cluster is
+cached per binary and copied (with 1 MB WAL segments the copy is ~25 MB instead of ~40 MB);
+`pg_ctl -w` polls every 100 ms, so `postgres` is spawned directly and its socket polled every few
+milliseconds with a real startup packet (a connect alone succeeds before the server accepts logins).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pytest_dashtam.backends._local_binaries import PgBinaries, RedisBinary
+from pytest_dashtam.backends._local_procs import RunAs, chown_tree
+from pytest_dashtam.backends._local_wire import WireError, parse_info, pg_query, redis_commands
+from pytest_dashtam.errors import BackendError
+
+# Bump when the initdb arguments change: old cache entries then stop matching.
+_CACHE_FORMAT = "1"
+INITDB_ARGS = ("-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--wal-segsize=1")
+TEST_TUNING: Mapping[str, str] = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
+
+
+class PortInUseError(BackendError):
+    """The server could not bind its port (another process took it between our check and its bind)."""
+
+
+def cache_root() -> Path:
+    """The user's cache folder for pytest-dashtam (DASHTAM_CACHE_DIR, XDG_CACHE_HOME, ~/.cache)."""
+    explicit = os.environ.get("DASHTAM_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "pytest-dashtam"
+
+
+def log_tail(path: Path | str, lines: int = 12) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(tail) if tail else "(empty log)"
+
+
+def _server_env() -> dict[str, str]:
+    # C messages so failures read the same everywhere; PG* variables must not redirect the server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy preserving modes and (as root) owners; cp is several times faster than copytree here."""
+    cp = shutil.which("cp")
+    if cp:
+        subprocess.run([cp, "-a", str(src), str(dst)], check=True, capture_output=True)
+    else:
+        shutil.copytree(src, dst, symlinks=True)
+
+
+def _make_owned_dir(path: Path, run_as: RunAs | None, mode: int = 0o700) -> None:
+    path.mkdir(mode=mode, parents=False, exist_ok=True)
+    os.chmod(path, mode)
+    if run_as is not None:
+        os.chown(path, run_as.uid, run_as.gid)
+
+
+def _run_initdb(binaries: PgBinaries, data_dir: Path, run_as: RunAs | None, log_path: Path) -> None:
+    _make_owned_dir(data_dir, run_as)
+    with open(log_path, "ab") as log:
+        proc = subprocess.run(
+            [str(binaries.initdb), "-D", str(data_dir), *INITDB_ARGS],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_server_env(),
+            user=None if run_as is None else run_as.uid,
+            group=None if run_as is None else run_as.gid,
+            extra_groups=None if run_as is None else [],
+            check=False,
+            timeout=300,
+        )
+    if proc.returncode != 0:
+        raise BackendError(f"initdb ({binaries.initdb}) failed with exit {proc.returncode}: {log_tail(log_path)}")
+
+
+def cluster_from_cache(
+    binaries: PgBinaries, data_dir: Path, run_as: RunAs | None, log_path: Path, cache: Path | None = None
+) -> tuple[str, bool]:
+    """Put a fresh initdb'd cluster at `data_dir` (absent yet); returns (binary version, from cache).
+
+    Cache entries are built beside their final name and renamed into place, so concurrent runs
+    never see a half-written one: the loser of the rename race discards its copy.
+    """
+    root = cache or cache_root()
+    entry = root / f"pg-{_CACHE_FORMAT}-{binaries.identity()}"
+    meta_path = entry / "meta.json"
+    if meta_path.is_file():
+        try:
+            version = str(json.loads(meta_path.read_text())["version"])
+            _copy_tree(entry / "data", data_dir)
+            if run_as is not None and os.stat(data_dir).st_uid != run_as.uid:
+                chown_tree(data_dir, run_as.uid, run_as.gid)
+            return version, True
+        except (OSError, ValueError, KeyError, subprocess.CalledProcessError):
+            shutil.rmtree(data_dir, ignore_errors=True)  # a damaged entry: fall through and rebuild
+    version = binaries.version()
+    _run_initdb(binaries, data_dir, run_as, log_path)
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        root.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(dir=root, prefix=f".building-{entry.name}-"))
+        try:
+            _copy_tree(data_dir, building / "data")
+            meta = {"version": version, "postgres": str(binaries.postgres), "initdb_args": list(INITDB_ARGS)}
+            (building / "meta.json").write_text(json.dumps(meta))
+            try:
+                os.rename(building, entry)
+            except OSError:
+                if not meta_path.is_file():
+                    # A broken entry without meta: replace it.
+                    shutil.rmtree(entry, ignore_errors=True)
+                    os.rename(building, entry)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return version, False
+
+
+def spawn_postgres(
+    binaries: PgBinaries,
+    data_dir: Path,
+    port: int,
+    socket_dir: Path,
+    log_path: Path,
+    settings: Mapping[str, str],
+    run_as: RunAs | None,
+) -> subprocess.Popen[bytes]:
+    args = [
+        str(binaries.postgres),
+        "-D",
+        str(data_dir),
+        "-p",
+        str(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        f"unix_socket_directories={socket_dir}",
+    ]
+    for key, value in settings.items():
+        args += ["-c", f"{key}={value}"]
+    with open(log_path, "ab") as log:
+        # Own session: a Ctrl-C at the terminal reaches pytest, which then stops the servers in
+        # order, instead of reaching the servers directly.
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_server_env(),
+            start_new_session=True,
+            close_fds=True,
+            user=None if run_as is None else run_as.uid,
+            group=None if run_as is None else run_as.gid,
+            extra_groups=None if run_as is None else [],
+        )
+
+
+def spawn_redis(
+    binary: RedisBinary, port: int, data_dir: Path, log_path: Path, persistent: bool
+) -> subprocess.Popen[bytes]:
+    args = [
+        str(binary.path),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
+    ]
+    if not persistent:
+        args += ["--save", "", "--appendonly", "no"]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _failed(what: str, proc: subprocess.Popen[bytes], log_path: Path) -> BackendError:
+    tail = log_tail(log_path)
+    cls = PortInUseError if "Address already in use" in tail else BackendError
+    return cls(f"{what} exited with code {proc.returncode} during start-up; its log ({log_path}) ends: {tail}")
+
+
+def wait_postgres(
+    proc: subprocess.Popen[bytes] | None,
+    socket_path: str | tuple[str, int],
+    deadline: float,
+    log_path: Path,
+    statements: Sequence[str],
+) -> list[str | None]:
+    """Poll until PostgreSQL accepts a login, then run `statements` (SHOWs) and return their values."""
+    delay = 0.002
+    last_error = "no answer"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise _failed("postgres", proc, log_path)
+        try:
+            return pg_query(socket_path, statements, timeout=max(0.5, deadline - time.monotonic()))
+        except FileNotFoundError:
+            last_error = "socket not created yet"
+        except (ConnectionRefusedError, ConnectionResetError, TimeoutError) as exc:
+            last_error = str(exc) or type(exc).__name__
+        except WireError as exc:
+            if not exc.retryable:
+                raise BackendError(
+                    f"postgres refused the readiness check: {exc}; log ({log_path}): {log_tail(log_path)}"
+                ) from None
+            last_error = str(exc)
+        except OSError as exc:
+            last_error = str(exc)
+        if time.monotonic() >= deadline:
+            raise BackendError(
+                f"postgres did not accept connections in time ({last_error}); log ({log_path}) ends: "
+                f"{log_tail(log_path)}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+
+
+def wait_redis(
+    proc: subprocess.Popen[bytes] | None, port: int, deadline: float, log_path: Path
+) -> tuple[str, str, int | None]:
+    """Poll until the server answers PING; returns (version, flavour, databases)."""
+    delay = 0.001
+    last_error = "no answer"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise _failed("redis server", proc, log_path)
+        try:
+            replies = redis_commands(
+                ("127.0.0.1", port),
+                [["PING"], ["INFO", "server"], ["CONFIG", "GET", "databases"]],
+                timeout=max(0.5, deadline - time.monotonic()),
+            )
+            info = parse_info(str(replies[1]))
+            if proc is not None and info.get("process_id") not in (None, str(proc.pid)):
+                # Another server answers on the port we picked: ours lost the bind race.
+                raise PortInUseError(f"port {port} answers for process {info.get('process_id')}, not ours")
+            flavour = "valkey" if "valkey_version" in info else "redis"
+            version = info.get("valkey_version") or info.get("redis_version", "?")
+            databases: int | None = None
+            conf = replies[2]
+            if isinstance(conf, list) and len(conf) == 2:
+                databases = int(str(conf[1]))
+            return version, flavour, databases
+        except WireError as exc:
+            if not exc.retryable:
+                raise BackendError(f"redis server refused the readiness check: {exc}") from None
+            last_error = str(exc)
+        except OSError as exc:
+            last_error = str(exc) or type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise BackendError(
+                f"redis server did not answer PING in time ({last_error}); log ({log_path}) ends: {log_tail(log_path)}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
