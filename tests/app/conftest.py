@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 import pytest_asyncio
+from alembic import command
+from alembic.config import Config
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from alembic import command
-from alembic.config import Config
 from dashtam.core.config import Settings, get_settings
 from dashtam.core.database import get_session
 from dashtam.core.redis import get_redis

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from app_support import asgi_client, build_app, closed_port
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
-from app_support import asgi_client, build_app, closed_port
 
 
 @pytest.mark.asyncio
@@ -35,9 +34,11 @@ async def test_health_503_names_database_when_database_is_down(redis_client: Red
         f"postgresql+asyncpg://nobody@127.0.0.1:{closed_port()}/nothing", connect_args={"timeout": 1}
     )
     try:
-        async with AsyncSession(dead_engine) as dead_session:
-            async with asgi_client(build_app(dead_session, redis_client)) as api:
-                response = await api.get("/health")
+        async with (
+            AsyncSession(dead_engine) as dead_session,
+            asgi_client(build_app(dead_session, redis_client)) as api,
+        ):
+            response = await api.get("/health")
     finally:
         await dead_engine.dispose()
     assert response.status_code == 503

@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from app_support import asgi_client, build_app, create_provider, create_user, start_authorization
 from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app_support import asgi_client, build_app, create_provider, create_user, start_authorization
 from dashtam.core.config import Settings
 from dashtam.core.security import encryptor_from_settings
 from dashtam.models import ProviderAuditLog, ProviderConnection, ProviderToken

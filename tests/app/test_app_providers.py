@@ -6,10 +6,10 @@ import uuid
 
 import httpx
 import pytest
+from app_support import create_provider, create_user, start_authorization
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app_support import create_provider, create_user, start_authorization
 from dashtam.models import Provider, ProviderAuditLog, ProviderConnection, ProviderToken
 
 

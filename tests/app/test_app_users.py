@@ -6,10 +6,10 @@ import uuid
 
 import httpx
 import pytest
+from app_support import create_user, unique_email
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app_support import create_user, unique_email
 from dashtam.models import User
 
 
