@@ -13,7 +13,7 @@ the whole flow runs offline: point PROVIDER_AUTHORIZE_URL at it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from html import escape
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -30,7 +30,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 FORWARD_TIMEOUT_SECONDS = 15.0
 
 
-async def get_api_client(settings: SettingsDep) -> AsyncIterator[httpx.AsyncClient]:
+async def get_api_client(settings: SettingsDep) -> AsyncGenerator[httpx.AsyncClient, None]:
     """The client that forwards to the API at settings.API_BASE_URL (tests override this)."""
     async with httpx.AsyncClient(base_url=settings.API_BASE_URL, timeout=FORWARD_TIMEOUT_SECONDS) as client:
         yield client
