@@ -82,7 +82,8 @@ def redis_url_with_index(redis_url: str, index: int) -> str:
     if parts.scheme == "unix":  # unix:///path/to/sock?db=N
         query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
         query = f"{query}&db={index}" if query else f"db={index}"
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+        # urlunsplit would drop the empty authority (unix:/path); keep the usual unix:///path form.
+        return f"unix://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
     return urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, parts.fragment))
 
 

@@ -74,7 +74,8 @@ def normalise_redis_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+        # urlunsplit would drop the empty authority (unix:/path); keep the usual unix:///path form.
+        return f"unix://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
     return urlunsplit((parts.scheme, parts.netloc, "", parts.query, parts.fragment))
 
 

@@ -1,0 +1,442 @@
+"""Template building, reuse, rebuild, stale cleanup and cloning against the machine's real PostgreSQL.
+
+The server is shared (other engineers' runs, someone's dev data in `test`, `root`, `postgres`): every test
+works on databases named with its own random prefix and removes them afterwards, and the foreign databases
+are checked untouched before and after each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from pytest_dashtam import schema
+from pytest_dashtam.errors import ConfigError, SafetyError, SchemaError
+from pytest_dashtam.safety import OWNERSHIP_COMMENT_PREFIX
+
+ADMIN_URL = os.environ.get("DASHTAM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REPO = Path(__file__).resolve().parents[2]
+ALEMBIC_INI = str(REPO / "alembic.ini")
+HEAD = "0002_connections_tokens"
+FOREIGN = ("test", "root", "postgres")
+
+async def _admin() -> asyncpg.Connection:
+    return await asyncpg.connect(ADMIN_URL)
+
+
+async def _databases(prefix: str) -> dict[str, str | None]:
+    conn = await _admin()
+    try:
+        rows = await conn.fetch(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS c FROM pg_database "
+            "WHERE starts_with(datname, $1)",
+            prefix,
+        )
+        return {r["datname"]: r["c"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def _foreign_snapshot() -> dict[str, tuple[int, str | None]]:
+    conn = await _admin()
+    try:
+        rows = await conn.fetch(
+            "SELECT datname, oid, shobj_description(oid, 'pg_database') AS c FROM pg_database WHERE datname = ANY($1)",
+            list(FOREIGN),
+        )
+        return {r["datname"]: (r["oid"], r["c"]) for r in rows}
+    finally:
+        await conn.close()
+
+
+async def _fetchval(dbname: str, sql: str) -> object:
+    conn = await asyncpg.connect(schema.database_url(ADMIN_URL, dbname, driver="postgresql"))
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def _execute(dbname: str, sql: str) -> None:
+    conn = await asyncpg.connect(schema.database_url(ADMIN_URL, dbname, driver="postgresql"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture
+async def test_db() -> AsyncIterator[str]:
+    """A test database name no one else uses; whatever stamped database it left behind is dropped after."""
+    before = await _foreign_snapshot()
+    name = f"dashtam_test_s{secrets.token_hex(4)}"
+    yield name
+    conn = await _admin()
+    try:
+        for dbname, comment in (await _databases(name)).items():
+            if comment is not None and comment.startswith(OWNERSHIP_COMMENT_PREFIX):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    assert await _foreign_snapshot() == before, "a foreign database changed"
+    assert set(before) == set(FOREIGN)
+
+
+@pytest.fixture
+def alembic_copy(tmp_path: Path) -> Path:
+    """The repo's Alembic scripts and ini copied where a test may edit them."""
+    shutil.copytree(REPO / "alembic", tmp_path / "alembic", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "alembic.ini", tmp_path / "alembic.ini")
+    return tmp_path / "alembic.ini"
+
+
+# --- pure helpers --------------------------------------------------------------------------------------------
+
+
+def test_hash_is_stable_and_location_independent(alembic_copy: Path) -> None:
+    first = schema.template_hash(ALEMBIC_INI, None)
+    assert len(first) == 12
+    assert int(first, 16) >= 0
+    assert schema.template_hash(ALEMBIC_INI, None) == first
+    assert schema.template_hash(str(alembic_copy), None) == first
+
+
+def test_hash_changes_when_a_revision_file_or_env_changes(alembic_copy: Path) -> None:
+    ini = str(alembic_copy)
+    original = schema.template_hash(ini, None)
+    revision = alembic_copy.parent / "alembic" / "versions" / "0002_connections_tokens_audit.py"
+    revision.write_text(revision.read_text() + "\n# an edit\n")
+    edited = schema.template_hash(ini, None)
+    assert edited != original
+    env = alembic_copy.parent / "alembic" / "env.py"
+    env.write_text(env.read_text() + "\n# an edit\n")
+    assert schema.template_hash(ini, None) not in {original, edited}
+
+
+def test_hash_ignores_files_that_do_not_shape_the_schema(alembic_copy: Path) -> None:
+    original = schema.template_hash(str(alembic_copy), None)
+    (alembic_copy.parent / "alembic" / "README").write_text("notes")
+    cache = alembic_copy.parent / "alembic" / "versions" / "__pycache__"
+    cache.mkdir()
+    (cache / "x.py").write_text("x = 1")
+    assert schema.template_hash(str(alembic_copy), None) == original
+
+
+def test_hash_from_metadata_without_alembic() -> None:
+    from dashtam.models import Base
+
+    by_metadata = schema.template_hash(None, Base.metadata)
+    assert by_metadata == schema.template_hash("", Base.metadata)
+    assert by_metadata != schema.template_hash(ALEMBIC_INI, None)
+    with pytest.raises(ConfigError, match="no schema source"):
+        schema.template_hash(None, None)
+
+
+def test_missing_alembic_ini_is_a_one_line_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"alembic.ini not found .*create_all"):
+        schema.template_hash(str(tmp_path / "alembic.ini"), None)
+
+
+def test_template_name_too_long_is_refused() -> None:
+    assert schema.template_name("dashtam_test", "ab12cd34ef56") == "dashtam_test_tpl_ab12cd34ef56"
+    with pytest.raises(ConfigError, match="longer than PostgreSQL's 63 bytes"):
+        schema.template_name("dashtam_test_" + "x" * 50, "ab12cd34ef56")
+
+
+def test_database_url_keeps_credentials_host_and_socket() -> None:
+    url = schema.database_url("postgresql://u:p%40ss@127.0.0.1:5432/postgres", "dashtam_test_gw0")
+    assert url == "postgresql+asyncpg://u:p%40ss@127.0.0.1:5432/dashtam_test_gw0"
+    socket = schema.database_url("postgresql://u@/postgres?host=/run/pg&port=5433", "t_test", driver="postgresql")
+    assert socket == "postgresql://u@/t_test?host=/run/pg&port=5433"
+
+
+def test_redis_url_with_index() -> None:
+    assert schema.redis_url_with_index("redis://127.0.0.1:6379", 3) == "redis://127.0.0.1:6379/3"
+    assert schema.redis_url_with_index("redis://:pw@127.0.0.1:6379/1", 2) == "redis://:pw@127.0.0.1:6379/2"
+    assert schema.redis_url_with_index("unix:///tmp/r.sock?db=1", 4) == "unix:///tmp/r.sock?db=4"
+
+
+# --- the template --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_template_is_built_once_then_reused(test_db: str) -> None:
+    first = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    assert first.name == schema.template_name(test_db, first.hash)
+    assert first.hash == schema.template_hash(ALEMBIC_INI, None)
+    assert not first.cache_hit
+    assert (await _databases(test_db))[first.name] == f"pytest-dashtam:template:{first.hash}"
+    conn = await _admin()
+    try:
+        oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", first.name)
+        # No one may connect to a template: a stray connection would make every clone fail.
+        assert await conn.fetchval("SELECT datallowconn FROM pg_database WHERE oid = $1", oid) is False
+    finally:
+        await conn.close()
+
+    second = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    assert second.cache_hit
+    assert second.name == first.name
+    conn = await _admin()
+    try:
+        assert await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", first.name) == oid
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_rebuild_builds_again(test_db: str) -> None:
+    first = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    conn = await _admin()
+    try:
+        old_oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", first.name)
+        rebuilt = await schema.ensure_template(
+            ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None, rebuild=True
+        )
+        assert not rebuilt.cache_hit
+        assert rebuilt.name == first.name
+        new_oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", first.name)
+        assert new_oid is not None
+        assert new_oid != old_oid
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_stale_template_is_dropped_when_a_migration_changes(test_db: str, alembic_copy: Path) -> None:
+    ini = str(alembic_copy)
+    old = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ini, metadata=None)
+    revision = alembic_copy.parent / "alembic" / "versions" / "0002_connections_tokens_audit.py"
+    revision.write_text(revision.read_text() + "\n# an edit\n")
+    new = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ini, metadata=None)
+    assert new.hash != old.hash
+    assert not new.cache_hit
+    assert new.stale_dropped == (old.name,)
+    assert set(await _databases(f"{test_db}_tpl_")) == {new.name}
+
+
+@pytest.mark.asyncio
+async def test_stale_cleanup_leaves_unstamped_lookalikes(test_db: str) -> None:
+    lookalike = f"{test_db}_tpl_000000000000"
+    conn = await _admin()
+    try:
+        await conn.execute(f'CREATE DATABASE "{lookalike}"')
+        try:
+            result = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+            assert lookalike not in result.stale_dropped
+            assert lookalike in await _databases(lookalike)
+        finally:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{lookalike}"')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_template_from_metadata_without_alembic(test_db: str) -> None:
+    from dashtam.models import Base
+
+    result = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=None, metadata=Base.metadata)
+    assert not result.cache_hit
+    clone = f"{test_db}_gw0"
+    await schema.create_test_database(ADMIN_URL, clone, template=result.name, per_database_tuning=False)
+    tables = await _fetchval(
+        clone, "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"
+    )
+    assert isinstance(tables, list)
+    assert set(Base.metadata.tables) <= set(tables)
+    assert "alembic_version" not in tables
+
+
+@pytest.mark.asyncio
+async def test_concurrent_callers_build_the_template_once(test_db: str) -> None:
+    results = await asyncio.gather(
+        *(
+            schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+            for _ in range(3)
+        )
+    )
+    assert sorted(r.cache_hit for r in results) == [False, True, True]
+    assert len({r.name for r in results}) == 1
+
+
+@pytest.mark.asyncio
+async def test_failing_migration_is_a_one_line_error_and_leaves_nothing(test_db: str, alembic_copy: Path) -> None:
+    broken = alembic_copy.parent / "alembic" / "versions" / "0003_broken.py"
+    broken.write_text(
+        'revision = "0003_broken"\ndown_revision = "0002_connections_tokens"\nbranch_labels = None\n'
+        "depends_on = None\n\nfrom alembic import op\n\n\n"
+        'def upgrade() -> None:\n    op.execute("SELECT 1/0")\n\n\ndef downgrade() -> None:\n    pass\n'
+    )
+    with pytest.raises(SchemaError, match=r"alembic upgrade head into .* failed") as info:
+        await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
+    assert "\n" not in str(info.value)
+    assert await _databases(f"{test_db}_tpl_") == {}
+
+
+@pytest.mark.asyncio
+async def test_several_heads_are_refused(test_db: str, alembic_copy: Path) -> None:
+    branch = alembic_copy.parent / "alembic" / "versions" / "0003_branch.py"
+    branch.write_text(
+        'revision = "0003_branch"\ndown_revision = "0001_users_providers"\nbranch_labels = None\n'
+        "depends_on = None\n\n\ndef upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
+    )
+    with pytest.raises(SchemaError, match=r"2 heads .*alembic merge heads"):
+        await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
+    assert await _databases(f"{test_db}_tpl_") == {}
+
+
+@pytest.mark.asyncio
+async def test_unstamped_database_with_the_template_name_is_refused(test_db: str) -> None:
+    name = schema.template_name(test_db, schema.template_hash(ALEMBIC_INI, None))
+    conn = await _admin()
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            with pytest.raises(SafetyError, match="not created by pytest-dashtam"):
+                await schema.ensure_template(
+                    ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None, rebuild=True
+                )
+            assert (await _databases(name)) == {name: None}
+        finally:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        await conn.close()
+
+
+# --- test databases ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_clone_is_migrated_stamped_tuned_and_fresh_each_time(test_db: str) -> None:
+    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    clone = f"{test_db}_gw0"
+    server_fsync = await _fetchval("postgres", "SHOW fsync")
+    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=True)
+    assert (await _databases(clone))[clone] == f"pytest-dashtam:test:{template.name}"
+    assert await _fetchval(clone, "SELECT version_num FROM alembic_version") == HEAD
+    tuning = await schema.read_tuning(schema.database_url(ADMIN_URL, clone))
+    assert tuning["fsync"] == server_fsync
+    assert tuning["synchronous_commit"] == "off"
+    # Nothing server-wide changed: another database still commits synchronously.
+    assert await _fetchval("postgres", "SHOW synchronous_commit") == "on"
+
+    await _execute(clone, "INSERT INTO users (id, email, name) VALUES (gen_random_uuid(), 'a@example.com', 'A')")
+    assert await _fetchval(clone, "SELECT count(*) FROM users") == 1
+    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
+    assert await _fetchval(clone, "SELECT count(*) FROM users") == 0
+    tuning = await schema.read_tuning(schema.database_url(ADMIN_URL, clone))
+    assert tuning["synchronous_commit"] == "on"
+
+
+@pytest.mark.asyncio
+async def test_clones_for_two_workers_at_once(test_db: str) -> None:
+    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    names = [f"{test_db}_gw{i}" for i in range(2)]
+    await asyncio.gather(
+        *(schema.create_test_database(ADMIN_URL, n, template=template.name, per_database_tuning=True) for n in names)
+    )
+    assert set(names) <= set(await _databases(test_db))
+
+
+@pytest.mark.skipif(
+    not Path("/var/run/postgresql/.s.PGSQL.5432").exists(),
+    reason="no PostgreSQL socket at /var/run/postgresql on this machine (Debian's packaged server has one)",
+)
+@pytest.mark.asyncio
+async def test_clone_reachable_over_unix_socket(test_db: str) -> None:
+    socket_admin = "postgresql://postgres@/postgres?host=/var/run/postgresql&port=5432"
+    template = await schema.ensure_template(socket_admin, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    clone = f"{test_db}_gw0"
+    await schema.create_test_database(socket_admin, clone, template=template.name, per_database_tuning=True)
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(schema.database_url(socket_admin, clone))
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT current_database()"))).scalar() == clone
+    finally:
+        await engine.dispose()
+    await schema.drop_test_database(socket_admin, clone)
+    assert clone not in await _databases(clone)
+
+
+@pytest.mark.asyncio
+async def test_drop_test_database_drops_ours_even_while_connected(test_db: str) -> None:
+    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    clone = f"{test_db}_gw0"
+    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
+    holder = await asyncpg.connect(schema.database_url(ADMIN_URL, clone, driver="postgresql"))
+    try:
+        await schema.drop_test_database(ADMIN_URL, clone)
+    finally:
+        await holder.close()
+    assert clone not in await _databases(clone)
+    await schema.drop_test_database(ADMIN_URL, clone)  # absent: nothing to do
+
+
+@pytest.mark.asyncio
+async def test_unstamped_test_named_database_is_never_dropped(test_db: str) -> None:
+    foreign = f"dashtam_test_foreign_{secrets.token_hex(4)}"
+    conn = await _admin()
+    try:
+        await conn.execute(f'CREATE DATABASE "{foreign}"')
+        try:
+            await _execute(foreign, "CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
+            template = await schema.ensure_template(
+                ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None
+            )
+            with pytest.raises(SafetyError, match=f"refusing to drop database '{foreign}'"):
+                await schema.drop_test_database(ADMIN_URL, foreign)
+            with pytest.raises(SafetyError, match="not created by pytest-dashtam"):
+                await schema.create_test_database(ADMIN_URL, foreign, template=template.name, per_database_tuning=True)
+            assert await _fetchval(foreign, "SELECT v FROM precious") == 42
+        finally:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{foreign}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("name", FOREIGN)
+@pytest.mark.asyncio
+async def test_foreign_databases_are_refused(test_db: str, name: str) -> None:
+    # `test` passes the naming rule and is stopped by the ownership stamp; the others by their names.
+    with pytest.raises(SafetyError):
+        await schema.drop_test_database(ADMIN_URL, name)
+    with pytest.raises(SafetyError):
+        await schema.create_test_database(ADMIN_URL, name, template="template0", per_database_tuning=False)
+    with pytest.raises(SafetyError):
+        await schema.drop_test_database(ADMIN_URL, name, dev_database=name)
+
+
+@pytest.mark.asyncio
+async def test_dev_database_name_is_refused(test_db: str) -> None:
+    with pytest.raises(SafetyError, match="dev database"):
+        await schema.create_test_database(
+            ADMIN_URL, f"{test_db}_gw0", template="template0", per_database_tuning=False, dev_database=f"{test_db}_gw0"
+        )
+    assert await _databases(test_db) == {}
+
+
+@pytest.mark.asyncio
+async def test_unreachable_admin_url_is_a_one_line_masked_error(test_db: str) -> None:
+    from pytest_dashtam.errors import BackendError
+
+    with pytest.raises(BackendError, match=r"postgresql://postgres:\*\*\*@127.0.0.1:1/postgres") as info:
+        await schema.ensure_template(
+            "postgresql://postgres:hunter2@127.0.0.1:1/postgres",
+            test_db=test_db,
+            alembic_ini=ALEMBIC_INI,
+            metadata=None,
+        )
+    assert "hunter2" not in str(info.value)
+    assert "\n" not in str(info.value)
