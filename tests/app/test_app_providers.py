@@ -128,7 +128,10 @@ async def test_bad_provider_input_is_422(
     assert response.status_code == 422, response.text
     errors = response.json()["detail"]
     assert any(e["loc"][-1] == field and message in e["msg"] for e in errors), errors
-    assert (await db_session.execute(select(Provider))).first() is None
+    count = await db_session.scalar(
+        select(func.count()).select_from(Provider).where(Provider.user_id == uuid.UUID(user["id"]))
+    )
+    assert count == 0
 
 
 @pytest.mark.asyncio

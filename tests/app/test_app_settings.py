@@ -81,3 +81,9 @@ def test_derived_values() -> None:
     )
     assert (settings.database_name, settings.redis_index) == ("dashtam_test", 3)
     assert build(ENVIRONMENT="testing", REDIS_URL="redis://h:6379").redis_index == 0
+
+
+@pytest.mark.parametrize("key", ["not-a-key", "c2hvcnQ=", ""])
+def test_malformed_encryption_key_is_refused_at_start_up(key: str) -> None:
+    with pytest.raises(ValidationError, match=r"not a Fernet key.*Fernet\.generate_key"):
+        build(ENVIRONMENT="development", TOKEN_ENCRYPTION_KEY=key)

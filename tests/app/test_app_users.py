@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 from app_support import create_user, unique_email
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashtam.models import User
@@ -73,7 +73,8 @@ async def test_duplicate_email_is_409_and_adds_no_row(client: httpx.AsyncClient,
 async def test_bad_user_input_is_422_naming_the_field(
     client: httpx.AsyncClient, db_session: AsyncSession, body: dict[str, object], field: str
 ) -> None:
+    before = await db_session.scalar(select(func.count()).select_from(User))
     response = await client.post("/api/v1/users", json=body)
     assert response.status_code == 422
     assert field in {error["loc"][-1] for error in response.json()["detail"]}
-    assert (await db_session.execute(select(User))).first() is None
+    assert await db_session.scalar(select(func.count()).select_from(User)) == before

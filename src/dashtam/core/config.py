@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
+from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -74,6 +75,20 @@ class Settings(BaseSettings):
         index = parts.path.strip("/")
         if parts.scheme != "unix" and index and not index.isdigit():
             raise ValueError(f"REDIS_URL's path must be the Redis index, e.g. redis://host:6379/1 (got {index!r})")
+        return value
+
+    @field_validator("TOKEN_ENCRYPTION_KEY")
+    @classmethod
+    def _fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Refused here, at start-up, rather than on the first OAuth callback that needs it.
+        if value is not None:
+            try:
+                Fernet(value.get_secret_value())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "TOKEN_ENCRYPTION_KEY is not a Fernet key (urlsafe base64 of 32 bytes); create one with "
+                    "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+                ) from None
         return value
 
     @model_validator(mode="after")
