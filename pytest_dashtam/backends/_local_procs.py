@@ -118,6 +118,15 @@ class ProcRef:
         return True
 
 
+def _reap_if_our_child(pid: int) -> None:
+    """Collect the exit status of a server this process started but no longer holds a handle to
+    (a kept stack stopped by `down` in its own run), so it does not linger as a zombie."""
+    fields = _stat_fields(pid)
+    if fields is not None and int(fields[1]) == os.getpid():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
 def wait_gone(ref: ProcRef, timeout: float, child: object | None = None) -> bool:
     """Wait until the recorded process has exited (reaping it if it is our child)."""
     deadline = time.monotonic() + timeout
@@ -126,6 +135,8 @@ def wait_gone(ref: ProcRef, timeout: float, child: object | None = None) -> bool
         if child is not None:
             with contextlib.suppress(Exception):
                 child.poll()  # type: ignore[attr-defined]
+        else:
+            _reap_if_our_child(ref.pid)
         if not ref.alive():
             return True
         if time.monotonic() >= deadline:
@@ -191,21 +202,23 @@ def _allowed(st: os.stat_result, user: RunAs, gids: set[int], want: int) -> bool
 
 
 def unreachable_part(path: Path, user: RunAs, want: int = 1) -> Path | None:
-    """The first directory on the way to `path` that `user` cannot search (or `path` itself if it
-    lacks the `want` access); None when the user can reach it. Checked on mode bits because a root
-    process cannot ask access(2) on another user's behalf."""
+    """The first folder on the way to `path` that `user` cannot search (or `path` itself if it
+    lacks the `want` access: 4 read, 2 write, 1 exec/search); None when the user can reach it.
+
+    Both the path as written (what exec and open walk) and its resolved form are checked, on mode
+    bits, because a root process cannot ask access(2) on another user's behalf.
+    """
     gids = _user_gids(user)
-    target = Path(os.path.realpath(path))
-    parts = [*reversed(target.parents), target]
-    for i, part in enumerate(parts):
-        try:
-            st = os.stat(part)
-        except OSError:
-            return part
-        last = i == len(parts) - 1
-        need = want if last else 1
-        if not _allowed(st, user, gids, need):
-            return part
+    for target in (Path(os.path.abspath(path)), Path(os.path.realpath(path))):
+        parts = [*reversed(target.parents), target]
+        for i, part in enumerate(parts):
+            try:
+                st = os.stat(part)
+            except OSError:
+                return part
+            need = want if i == len(parts) - 1 else 1
+            if not _allowed(st, user, gids, need):
+                return part
     return None
 
 
@@ -231,6 +244,9 @@ def ephemeral_range() -> tuple[int, int]:
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers do: connections of a server that just stopped linger in TIME_WAIT, which
+        # would fail a plain bind although the server itself can bind again.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

