@@ -24,7 +24,14 @@ async def provider_or_404(
     session: AsyncSession, provider_id: uuid.UUID, *, user_id: uuid.UUID | None = None
 ) -> Provider:
     """The provider with its connection loaded; with `user_id`, only if that user owns it."""
-    query = select(Provider).where(Provider.id == provider_id).options(selectinload(Provider.connection))
+    # populate_existing: a session that outlived an earlier request (as in tests) must not answer
+    # from its identity map what another transaction has since changed.
+    query = (
+        select(Provider)
+        .where(Provider.id == provider_id)
+        .options(selectinload(Provider.connection))
+        .execution_options(populate_existing=True)
+    )
     if user_id is not None:
         query = query.where(Provider.user_id == user_id)
     provider = (await session.execute(query)).scalar_one_or_none()

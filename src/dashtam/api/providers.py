@@ -73,6 +73,7 @@ async def list_providers(user_id: uuid.UUID, session: SessionDep) -> list[Provid
         .where(Provider.user_id == user_id)
         .options(selectinload(Provider.connection))
         .order_by(Provider.created_at, Provider.alias)
+        .execution_options(populate_existing=True)
     )
     return [provider_read(p) for p in (await session.execute(query)).scalars()]
 
