@@ -24,7 +24,6 @@ from pytest_dashtam.urls import mask_url
 
 if TYPE_CHECKING:
     import asyncpg
-    from redis.asyncio import Redis as AsyncRedis
 
 CheckName = Literal["environment", "testing_flag", "database_name", "host", "redis_index", "ownership"]
 
@@ -264,13 +263,3 @@ async def check_owned_or_absent(admin_conn: asyncpg.Connection, dbname: str) -> 
         "or choose another test database name",
     )
 
-
-async def flush_test_index(client: AsyncRedis, *, dev_index: int = 0, databases: int | None = None) -> None:
-    """FLUSHDB on the client's own index, after re-checking that index (never FLUSHALL).
-
-    The index is read from the client's connection settings, not passed in, so a client pointed at the dev
-    index by mistake cannot be flushed whatever the caller believes it holds.
-    """
-    index = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
-    raise_for([v for v in (check_redis_index(index, dev_index, databases),) if v is not None])
-    await client.flushdb()

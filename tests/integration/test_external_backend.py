@@ -20,13 +20,11 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 import redis
-import redis.asyncio
 
 from pytest_dashtam.backends import get_backend
 from pytest_dashtam.backends.base import BackendOptions, Stack
 from pytest_dashtam.backends.external import DEFAULT_TIMEOUT, ExternalBackend
-from pytest_dashtam.errors import BackendError, SafetyError
-from pytest_dashtam.safety import flush_test_index
+from pytest_dashtam.errors import BackendError
 
 POSTGRES_URL = os.environ.get("DASHTAM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DASHTAM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -222,55 +220,3 @@ def test_status_of_unreachable_servers_says_why() -> None:
     assert "***" in status.detail
     assert "hunter2" not in status.detail
 
-
-# --- FLUSHDB through the gate, on a private Redis (the shared server's indexes are not ours to flush) ---------
-
-
-@pytest.fixture
-def private_redis() -> Iterator[str]:
-    """A throw-away redis-server on a free port, killed by PID after the test."""
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        pytest.skip("redis-server is not on PATH (apt-get install redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        stack = _backend(redis_url=f"redis://127.0.0.1:{port}", timeout=5.0).start()
-        assert stack.redis_databases == 16
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-
-@pytest.mark.asyncio
-async def test_flush_test_index_flushes_only_its_index(private_redis: str) -> None:
-    clients = {i: redis.asyncio.Redis.from_url(f"{private_redis}/{i}") for i in (0, 1, 2)}
-    try:
-        for index, client in clients.items():
-            await client.set("k", index)
-        await flush_test_index(clients[1], databases=16)
-        assert await clients[1].dbsize() == 0
-        assert await clients[0].get("k") == b"0"
-        assert await clients[2].get("k") == b"2"
-
-        with pytest.raises(SafetyError, match="dev index"):
-            await flush_test_index(clients[0])
-        with pytest.raises(SafetyError, match="dev index"):
-            await flush_test_index(clients[2], dev_index=2)
-        assert await clients[0].get("k") == b"0"
-        assert await clients[2].get("k") == b"2"
-
-        beyond = redis.asyncio.Redis.from_url(f"{private_redis}/3")
-        try:
-            with pytest.raises(SafetyError, match="does not exist"):
-                await flush_test_index(beyond, databases=3)
-        finally:
-            await beyond.aclose()
-    finally:
-        for client in clients.values():
-            await client.aclose()
