@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashtam.api.lookups import provider_or_404
 from dashtam.api.schemas import AuthorizationResult, AuthorizationStart
@@ -196,7 +197,7 @@ async def finish_authorization(
 
 
 async def _record_failure(
-    session: SessionDep, provider_id: uuid.UUID, user_id: uuid.UUID, ip: str | None, message: str
+    session: AsyncSession, provider_id: uuid.UUID, user_id: uuid.UUID, ip: str | None, message: str
 ) -> None:
     """Audit a refused exchange. Tokens and status stay as they were: an old grant may still be valid."""
     session.add(
