@@ -13,7 +13,10 @@ from app_support import asgi_client, build_app, create_user
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashtam.core import database as app_database
+from dashtam.core import redis as app_redis
 from dashtam.core.config import Settings
+from dashtam.main import create_app
 
 
 def test_importing_the_apps_reads_no_settings_and_opens_nothing() -> None:
@@ -66,3 +69,17 @@ async def test_unknown_provider_name_is_a_one_line_500(
     assert response.json() == {
         "detail": "PROVIDER_NAME='nosuch' is not a built-in provider; use one of: sandbox"
     }
+
+
+@pytest.mark.asyncio
+async def test_lifespan_closes_the_default_connections(dashtam_settings: Settings) -> None:
+    # No dependency overrides: the app's own engine and Redis client, from the test environment.
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        async with asgi_client(app) as api:
+            response = await api.get("/health")
+        assert response.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+        assert app_database._default_session_factory.cache_info().currsize == 1
+        assert app_redis._default_redis.cache_info().currsize == 1
+    assert app_database._default_session_factory.cache_info().currsize == 0
+    assert app_redis._default_redis.cache_info().currsize == 0

@@ -43,3 +43,12 @@ async def get_session() -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def dispose_default_engine() -> None:
+    """Close the default engine's connections, if one was made (application shutdown)."""
+    if _default_session_factory.cache_info().currsize:
+        bind = _default_session_factory().kw.get("bind")
+        _default_session_factory.cache_clear()
+        if isinstance(bind, AsyncEngine):
+            await bind.dispose()

@@ -28,3 +28,11 @@ async def get_redis() -> AsyncIterator[Redis]:
 
 
 RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+async def close_default_redis() -> None:
+    """Close the default client's connections, if one was made (application shutdown)."""
+    if _default_redis.cache_info().currsize:
+        client = _default_redis()
+        _default_redis.cache_clear()
+        await client.aclose()
