@@ -251,6 +251,13 @@ async def _advisory_lock(conn: asyncpg.Connection, scope: str, wait: float) -> A
             await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
 
+async def _terminate_connections(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        name,
+    )
+
+
 async def _drop_database(conn: asyncpg.Connection, name: str, *, dev_database: str | None, force: bool) -> bool:
     """The only DROP DATABASE in the plugin: runs the checks first, then drops. False if it was absent.
 
@@ -265,10 +272,7 @@ async def _drop_database(conn: asyncpg.Connection, name: str, *, dev_database: s
     if not exists:
         return False
     if force:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
+        await _terminate_connections(conn, name)
         suffix = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
     else:
         suffix = ""
@@ -294,6 +298,15 @@ async def _create_database(conn: asyncpg.Connection, name: str, *, template: str
                     f"WHERE datname = '{template}')"
                 ) from exc
             await asyncio.sleep(0.05)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise SchemaError(
+                f"cannot create database {name!r}: {exc}; the admin URL's role needs CREATEDB (or superuser)"
+            ) from exc
+        except asyncpg.DuplicateDatabaseError as exc:
+            raise SchemaError(
+                f"cannot create database {name!r}: it was created by someone else at the same moment; "
+                "two runs are using the same test database name on this server, give each its own"
+            ) from exc
     await conn.execute(f"COMMENT ON DATABASE {_ident(name)} IS {_literal(stamp)}")
 
 
@@ -446,6 +459,8 @@ async def ensure_template(
                     raise
                 # No connections to a template from now on: a stray one would make every clone fail.
                 await conn.execute(f"ALTER DATABASE {_ident(name)} WITH ALLOW_CONNECTIONS false")
+                # An env.py that does not dispose its engine leaves connections behind; they are ours to end.
+                await _terminate_connections(conn, name)
                 await conn.execute(f"COMMENT ON DATABASE {_ident(name)} IS {_literal(ready_stamp)}")
             stale = await _drop_stale(conn, test_db, keep=name, dev_database=dev_database)
     finally:

@@ -440,3 +440,18 @@ async def test_unreachable_admin_url_is_a_one_line_masked_error(test_db: str) ->
         )
     assert "hunter2" not in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_env_py_that_leaks_its_connection_does_not_block_clones(test_db: str, alembic_copy: Path) -> None:
+    env = alembic_copy.parent / "alembic" / "env.py"
+    text = env.read_text()
+    assert "await engine.dispose()" in text
+    # A careless env.py: a connection to the database it migrated is left open when env.py returns.
+    leak = "import asyncpg; _LEAKED.append(await asyncpg.connect(_url().replace('+asyncpg', '')))"
+    leaky = text.replace("await engine.dispose()", f"await engine.dispose(); {leak}")
+    env.write_text(leaky.replace("config = context.config", "_LEAKED: list[object] = []\nconfig = context.config", 1))
+    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
+    clone = f"{test_db}_gw0"
+    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
+    assert await _fetchval(clone, "SELECT version_num FROM alembic_version") == HEAD
