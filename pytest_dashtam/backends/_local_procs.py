@@ -118,26 +118,29 @@ class ProcRef:
         return True
 
 
-def _reap_if_our_child(pid: int) -> None:
+def _reap_if_our_child(pid: int) -> bool:
     """Collect the exit status of a server this process started but no longer holds a handle to
-    (a kept stack stopped by `down` in its own run), so it does not linger as a zombie."""
+    (a kept stack stopped by `down` in its own run), so it does not linger as a zombie. False while
+    it is our child and not reapable yet (a multi-threaded leader shows Z before its threads end)."""
     fields = _stat_fields(pid)
-    if fields is not None and int(fields[1]) == os.getpid():
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+    if fields is None or int(fields[1]) != os.getpid():
+        return True
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
 
 
 def wait_gone(ref: ProcRef, timeout: float, child: object | None = None) -> bool:
-    """Wait until the recorded process has exited (reaping it if it is our child)."""
+    """Wait until the recorded process has exited (and is reaped if it is our child)."""
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
         if child is not None:
             with contextlib.suppress(Exception):
                 child.poll()  # type: ignore[attr-defined]
-        else:
-            _reap_if_our_child(ref.pid)
-        if not ref.alive():
+        if not ref.alive() and (child is not None or _reap_if_our_child(ref.pid)):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -59,7 +59,8 @@ def assert_gone(stack: Stack) -> None:
         while (_alive(pid) or _group_members(pid)) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not _alive(pid), f"process {pid} still runs"
-        assert not _group_members(pid), f"processes {_group_members(pid)} left in group {pid}"
+        left = {p: Path(f"/proc/{p}/stat").read_text()[:80] for p in _group_members(pid)}
+        assert not left, f"processes left in group {pid}: {left}"
 
 
 def assert_running(stack: Stack) -> None:
