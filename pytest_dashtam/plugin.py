@@ -1,0 +1,330 @@
+"""pytest-dashtam's hooks: options, configuration, markers, report lines and xdist glue. Hooks only.
+
+Loaded through the `pytest11` entry point (`dashtam`), or with `-p pytest_dashtam.plugin` / `-p pytest_dashtam`.
+The work happens in lifecycle.py (start, safety gate, template, clone, teardown) and isolation.py (per test);
+the fixtures are in fixtures.py, registered below.
+
+Phases, as in pytest-django: the test env file is exported in `pytest_load_initial_conftests`, before any
+conftest imports the app; the configuration is validated in `pytest_configure` (a mistake is a
+`pytest.UsageError`, exit 4); the stack is prepared after collection, only when a collected test needs it
+(`--collect-only` and `--help` do no work); the databases are dropped and the stack stopped at session end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Generator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_dashtam import __version__
+from pytest_dashtam.config import OPTIONS, PluginConfig, build_config
+from pytest_dashtam.errors import ConfigError
+from pytest_dashtam.fixtures import (
+    CONFIG_ERROR_KEY,
+    FOLLOW_TEST_LOOP,
+    RUN_KEY,
+    STACK_FIXTURES,
+    _dashtam_app,
+    _dashtam_db_marker,
+    _dashtam_engines,
+    _dashtam_prepared,
+    _dashtam_run,
+    _dashtam_transaction,
+    client,
+    dashtam_config,
+    dashtam_settings,
+    dashtam_stack,
+    db_engine,
+    db_session,
+    redis_client,
+)
+from pytest_dashtam.lifecycle import PHASES, DashtamRun, describe_report, export_env, restore_env
+
+__all__ = [
+    "_dashtam_app",
+    "_dashtam_db_marker",
+    "_dashtam_engines",
+    "_dashtam_prepared",
+    "_dashtam_run",
+    "_dashtam_transaction",
+    "client",
+    "dashtam_config",
+    "dashtam_settings",
+    "dashtam_stack",
+    "db_engine",
+    "db_session",
+    "redis_client",
+]
+
+CONFIG_KEY = pytest.StashKey[PluginConfig]()
+SAVED_ENV_KEY = pytest.StashKey[dict[str, "str | None"]]()
+RUN_DIR_KEY = pytest.StashKey[Path]()
+PROBLEMS_KEY = pytest.StashKey[list[str]]()
+ENTRY_POINT_NAME = "dashtam"
+
+
+
+# --- registration ---------------------------------------------------------------------------------------
+
+
+def pytest_plugin_registered(plugin: object, plugin_name: str, manager: pytest.PytestPluginManager) -> None:
+    """Loaded by `-p pytest_dashtam.plugin` (or `-p pytest_dashtam`): keep the entry point from loading it twice."""
+    if plugin is sys.modules[__name__] and plugin_name != ENTRY_POINT_NAME:
+        manager.set_blocked(ENTRY_POINT_NAME)
+
+
+# --- options --------------------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dashtam", "pytest-dashtam: the PostgreSQL + Redis test stack")
+    for option in OPTIONS:
+        help_text = f"{option.help} [env {option.env}, ini {option.ini}]"
+        if option.kind == "flag":
+            group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=help_text)
+            parser.addini(option.ini, help=option.help, type="bool", default=None)
+        elif option.kind == "list":
+            group.addoption(option.flag, action="append", default=None, dest=option.dest, help=help_text)
+            parser.addini(option.ini, help=option.help, type="args", default=None)
+        else:
+            group.addoption(option.flag, default=None, dest=option.dest, metavar=option.name.upper(), help=help_text)
+            parser.addini(option.ini, help=option.help, default=None)
+
+
+def _read_config(config: pytest.Config, namespace: Any) -> PluginConfig:
+    cli = {o.name: getattr(namespace, o.dest, None) for o in OPTIONS}
+    ini: dict[str, object | None] = {}
+    for o in OPTIONS:
+        value = config.getini(o.ini)
+        ini[o.name] = None if value is None or value == [] else value
+    return build_config(cli, os.environ, ini, config.rootpath)
+
+
+def _explicitly_configured(config: pytest.Config, namespace: Any) -> bool:
+    """Whether the user set any dashtam option; with none set, a missing env file just leaves the plugin idle."""
+    if any(getattr(namespace, o.dest, None) is not None for o in OPTIONS):
+        return True
+    if any(o.env in os.environ for o in OPTIONS):
+        return True
+    return any(config.getini(o.ini) not in (None, []) for o in OPTIONS)
+
+
+def _skip_work(namespace: Any) -> bool:
+    return bool(getattr(namespace, "help", False) or getattr(namespace, "version", False))
+
+
+def _load(config: pytest.Config, namespace: Any) -> None:
+    """Read and validate once; a mistake is a UsageError, unless nothing was configured at all."""
+    if CONFIG_KEY in config.stash or CONFIG_ERROR_KEY in config.stash:
+        return
+    try:
+        plugin_config = _read_config(config, namespace)
+    except ConfigError as exc:
+        if _explicitly_configured(config, namespace):
+            raise pytest.UsageError(f"pytest-dashtam: {exc}") from None
+        config.stash[CONFIG_ERROR_KEY] = exc
+        return
+    config.stash[CONFIG_KEY] = plugin_config
+    # Exported before conftests import the app, so the app's own settings read the test environment.
+    config.stash[SAVED_ENV_KEY] = export_env(plugin_config.env_values)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    if _skip_work(early_config.known_args_namespace):
+        return
+    _load(early_config, early_config.known_args_namespace)
+
+
+# --- configuration --------------------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "dashtam_db(transaction=False): with transaction=True the test's commits are real; the tables it "
+        "wrote are emptied and their sequences reset afterwards (pytest-dashtam)",
+    )
+    if _skip_work(config.option):
+        return
+    _load(config, config.option)
+    plugin_config = config.stash.get(CONFIG_KEY, None)
+    if plugin_config is None:
+        return
+    workerinput: Mapping[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        run_dir = workerinput.get("dashtam_run_dir") or os.path.join(
+            tempfile.gettempdir(), f"pytest-dashtam-{workerinput['testrunuid']}"
+        )
+        config.stash[RUN_KEY] = DashtamRun(
+            plugin_config,
+            worker=str(workerinput["workerid"]),
+            worker_count=int(workerinput["workercount"]),
+            shared_dir=Path(run_dir),
+        )
+    elif _xdist_controller(config):
+        config.stash[RUN_DIR_KEY] = Path(tempfile.mkdtemp(prefix="pytest-dashtam-"))
+    else:
+        config.stash[RUN_KEY] = DashtamRun(plugin_config)
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and config.pluginmanager.hasplugin("dsession")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: hand every worker the directory where the run's workers share the stack."""
+    run_dir = node.config.stash.get(RUN_DIR_KEY, None)
+    if run_dir is not None:
+        node.workerinput["dashtam_run_dir"] = str(run_dir)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    saved = config.stash.get(SAVED_ENV_KEY, None)
+    if saved is not None:
+        restore_env(saved)
+        del config.stash[SAVED_ENV_KEY]
+
+
+# --- the event loop of the per-test fixtures ----------------------------------------------------------------
+
+
+def _test_loop_scope(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("asyncio")
+    scope = (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")) if marker is not None else None
+    if not scope:
+        try:
+            scope = item.config.getini("asyncio_default_test_loop_scope")
+        except ValueError:
+            scope = None
+    return str(scope or "function")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, Any, Any]:
+    """Run db_session, redis_client and client in the requesting test's event loop.
+
+    asyncpg connections belong to the loop that opened them; pytest-asyncio picks a fixture's loop from its
+    declared loop scope, which a plugin cannot know in advance (the test may use a function, module or
+    session loop), so it is set here, per test, from the test's own loop scope.
+    """
+    if fixturedef.argname in FOLLOW_TEST_LOOP and isinstance(request.node, pytest.Item):
+        setattr(fixturedef.func, "_loop_scope", _test_loop_scope(request.node))  # noqa: B010 (read by pytest-asyncio)
+    return (yield)
+
+
+# --- preparing the stack after collection -------------------------------------------------------------------
+
+
+def _needs_stack(items: list[pytest.Item]) -> bool:
+    return any(STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in items)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Prepare the stack once collection shows a test needs it; a failure is kept for those tests' errors."""
+    config = session.config
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or config.option.collectonly or getattr(config.option, "setupplan", False):
+        return
+    if not _needs_stack(session.items):
+        return
+    with contextlib.suppress(Exception):  # remembered by run: every test that needs the stack errors with it
+        run.prepare()
+    if getattr(config, "workerinput", None) is None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            for line in describe_report(run.report()):
+                reporter.write_line(line)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    plugin_config = config.stash.get(CONFIG_KEY, None)
+    if plugin_config is None:
+        error = config.stash.get(CONFIG_ERROR_KEY, None)
+        return [f"dashtam: {__version__}, idle: {error}"] if error is not None else []
+    c = plugin_config
+    lines = [
+        f"dashtam: {__version__}, {c.describe('backend')}, {c.describe('env_file')}, {c.describe('settings')}",
+        f"dashtam: test database {c.test_database} ({'+_gwN per worker' if _xdist_controller(config) else 'one'}), "
+        f"{c.describe('redis_index')}, {c.describe('dev_database')}, {c.describe('dev_redis_index')}",
+    ]
+    if c.postgres_url and c.redis_url:
+        from pytest_dashtam.urls import mask_url
+
+        lines.append(
+            f"dashtam: postgres_url={mask_url(c.postgres_url)} (from {c.source('postgres_url')}), "
+            f"redis_url={mask_url(c.redis_url)} (from {c.source('redis_url')})"
+        )
+    flags = [c.describe(n) for n in ("keep", "rebuild", "alembic_ini") if c.source(n) != "default"]
+    if flags:
+        lines.append("dashtam: " + ", ".join(flags))
+    return lines
+
+
+# --- the end ------------------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop this process's database and stop what it started (after every fixture is torn down)."""
+    config = session.config
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    config.stash[PROBLEMS_KEY] = run.finish()
+    if run.shared is not None and run.worker is not None:
+        run.shared.write(f"report-{run.worker}.json", run.report())
+
+
+def _worker_reports(run_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    reports = []
+    for path in sorted(run_dir.glob("report-*.json")):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return reports
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Teardown problems, the stack under xdist (the controller's header could not know it), timings."""
+    plugin_config = config.stash.get(CONFIG_KEY, None)
+    if plugin_config is None:
+        return
+    run = config.stash.get(RUN_KEY, None)
+    run_dir = config.stash.get(RUN_DIR_KEY, None)
+    lines: list[str] = []
+    reports: list[dict[str, Any]] = []
+    if run is not None and (run.prepared is not None or run.error is not None):
+        reports = [run.report()]
+    elif run_dir is not None:
+        reports = [r for r in _worker_reports(run_dir) if r]
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if reports:
+            lines.extend(describe_report(reports[0]))
+    lines.extend(f"dashtam: teardown problem: {p}" for p in config.stash.get(PROBLEMS_KEY, []))
+    if plugin_config.timings:
+        for report in reports:
+            phases: dict[str, float] = report.get("timings", {})
+            parts = [f"{phase} {phases[phase] * 1000:.0f} ms" for phase in PHASES if phase in phases]
+            who = f"{report.get('database', '')}: " if len(reports) > 1 else ""
+            hit = " (template cache hit)" if report.get("cache_hit") else " (template built)"
+            lines.append(f"dashtam timings: {who}{', '.join(parts)}{hit}")
+    if lines:
+        terminalreporter.section("dashtam")
+        for line in lines:
+            terminalreporter.write_line(line)
