@@ -173,9 +173,7 @@ async def test_sandbox_consent_refuses_foreign_redirects_and_clients(
 async def test_sandbox_consent_is_off_for_other_providers(dashtam_settings: Settings) -> None:
     other = dashtam_settings.model_copy(update={"PROVIDER_NAME": "realbank"})
     async with refusing_api() as api, asgi_client(callback_app(other, api)) as server:
-        page = await server.get(
-            "/sandbox/authorize", params={"state": "s", "redirect_uri": "x", "client_id": "y"}
-        )
+        page = await server.get("/sandbox/authorize", params={"state": "s", "redirect_uri": "x", "client_id": "y"})
     assert page.status_code == 404
 
 

@@ -66,9 +66,7 @@ async def test_unknown_provider_name_is_a_one_line_500(
             f"/api/v1/users/{user['id']}/providers", json={"provider_key": "sandbox", "alias": "x"}
         )
     assert response.status_code == 500
-    assert response.json() == {
-        "detail": "PROVIDER_NAME='nosuch' is not a built-in provider; use one of: sandbox"
-    }
+    assert response.json() == {"detail": "PROVIDER_NAME='nosuch' is not a built-in provider; use one of: sandbox"}
 
 
 @pytest.mark.asyncio

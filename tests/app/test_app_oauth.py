@@ -122,9 +122,7 @@ async def test_callback_stores_tokens_activates_and_audits(
         "good-code", f"http://{dashtam_settings.CALLBACK_HOST}:{dashtam_settings.CALLBACK_PORT}/callback"
     )
     token = (
-        await db_session.execute(
-            select(ProviderToken).where(ProviderToken.provider_id == uuid.UUID(provider["id"]))
-        )
+        await db_session.execute(select(ProviderToken).where(ProviderToken.provider_id == uuid.UUID(provider["id"])))
     ).scalar_one()
     await db_session.refresh(token)
     encryptor = encryptor_from_settings(dashtam_settings)
@@ -149,8 +147,7 @@ async def test_tokens_are_stored_encrypted_at_rest(
     raw_access, raw_refresh = (
         await db_session.execute(
             text(
-                "SELECT access_token_encrypted, refresh_token_encrypted FROM provider_tokens "
-                "WHERE provider_id = :pid"
+                "SELECT access_token_encrypted, refresh_token_encrypted FROM provider_tokens WHERE provider_id = :pid"
             ),
             {"pid": uuid.UUID(provider["id"])},
         )
@@ -187,9 +184,7 @@ async def test_concurrent_callbacks_with_one_state_succeed_once(client: httpx.As
 @pytest.mark.asyncio
 async def test_unknown_state_is_400(client: httpx.AsyncClient, db_session: AsyncSession) -> None:
     provider = await new_provider(client)
-    response = await client.get(
-        callback_url(provider["id"]), params={"code": "c", "state": f"{provider['id']}.forged"}
-    )
+    response = await client.get(callback_url(provider["id"]), params={"code": "c", "state": f"{provider['id']}.forged"})
     assert response.status_code == 400
     assert f"POST /api/v1/providers/{provider['id']}/authorization" in response.json()["detail"]
     assert await token_count(db_session, provider["id"]) == 0
@@ -212,9 +207,7 @@ async def test_state_of_another_provider_is_400(
 
 
 @pytest.mark.asyncio
-async def test_expired_state_is_400(
-    db_session: AsyncSession, redis_client: Redis, dashtam_settings: Settings
-) -> None:
+async def test_expired_state_is_400(db_session: AsyncSession, redis_client: Redis, dashtam_settings: Settings) -> None:
     short = dashtam_settings.model_copy(update={"OAUTH_STATE_TTL_SECONDS": 1})
     async with asgi_client(build_app(db_session, redis_client, settings=short)) as api:
         provider = await new_provider(api)

@@ -30,8 +30,10 @@ async def test_create_provider_is_pending_and_audited(client: httpx.AsyncClient,
     ).scalar_one()
     assert connection.status == "pending"
     actions = (
-        await db_session.execute(select(ProviderAuditLog.action).where(ProviderAuditLog.provider_id == provider_id))
-    ).scalars().all()
+        (await db_session.execute(select(ProviderAuditLog.action).where(ProviderAuditLog.provider_id == provider_id)))
+        .scalars()
+        .all()
+    )
     assert actions == ["provider.created"]
 
 
@@ -154,8 +156,6 @@ async def test_delete_removes_provider_with_its_connection_tokens_and_audit_trai
     assert (await client.delete(url)).status_code == 404
     provider_id = uuid.UUID(provider["id"])
     for model in (ProviderConnection, ProviderToken, ProviderAuditLog):
-        count = await db_session.scalar(
-            select(func.count()).select_from(model).where(model.provider_id == provider_id)
-        )
+        count = await db_session.scalar(select(func.count()).select_from(model).where(model.provider_id == provider_id))
         assert count == 0, model.__name__
     assert (await client.get(f"/api/v1/users/{user['id']}")).status_code == 200

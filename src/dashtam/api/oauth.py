@@ -161,9 +161,7 @@ async def finish_authorization(
             .execution_options(synchronize_session="fetch")
         )
         if activated.rowcount == 0:  # type: ignore[attr-defined]
-            session.add(
-                ProviderConnection(provider_id=provider_id, status=ConnectionStatus.ACTIVE, connected_at=now)
-            )
+            session.add(ProviderConnection(provider_id=provider_id, status=ConnectionStatus.ACTIVE, connected_at=now))
         await session.flush()
         session.add(
             ProviderAuditLog(

@@ -23,9 +23,7 @@ TOKEN_LIFETIME_SECONDS = 3600
 class SandboxProvider:
     key = "sandbox"
 
-    def __init__(
-        self, *, client_id: str, client_secret: str, authorize_url: str, scopes: list[str]
-    ) -> None:
+    def __init__(self, *, client_id: str, client_secret: str, authorize_url: str, scopes: list[str]) -> None:
         self.client_id = client_id
         self._secret = client_secret.encode("utf-8")
         self.authorize_url = authorize_url
