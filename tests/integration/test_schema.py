@@ -455,3 +455,21 @@ async def test_env_py_that_leaks_its_connection_does_not_block_clones(test_db: s
     clone = f"{test_db}_gw0"
     await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
     assert await _fetchval(clone, "SELECT version_num FROM alembic_version") == HEAD
+
+
+@pytest.mark.asyncio
+async def test_check_owned_or_absent_on_the_live_server(test_db: str) -> None:
+    from pytest_dashtam.safety import check_owned_or_absent
+
+    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    conn = await _admin()
+    try:
+        assert await check_owned_or_absent(conn, f"{test_db}_absent") is None
+        assert await check_owned_or_absent(conn, template.name) is None
+        for name in FOREIGN:
+            violation = await check_owned_or_absent(conn, name)
+            assert violation is not None
+            assert violation.check == "ownership"
+            assert repr(name) in violation.message
+    finally:
+        await conn.close()

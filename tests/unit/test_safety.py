@@ -243,3 +243,40 @@ def test_ownership_stamp() -> None:
     assert not is_owned_comment(None)
     assert not is_owned_comment("")
     assert not is_owned_comment("dev data, do not drop")
+
+
+# --- the gate cannot be bypassed in schema.py ---------------------------------------------------------------
+
+
+def test_schema_has_one_drop_and_it_runs_the_checks_first() -> None:
+    """Every DROP DATABASE is in `_drop_database`, after the name check and the live ownership check."""
+    import ast
+    import inspect
+
+    from pytest_dashtam import schema
+
+    tree = ast.parse(inspect.getsource(schema))
+    destructive = ("DROP DATABASE", "DROP TABLE", "DROP SCHEMA", "TRUNCATE", "DELETE FROM", "flushdb", "flushall")
+    holders = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef):
+            for child in ast.walk(node):
+                text = child.value if isinstance(child, ast.Constant) and isinstance(child.value, str) else ""
+                if any(word in text for word in destructive):
+                    holders.append(node.name)
+                if isinstance(child, ast.Attribute) and child.attr in ("flushdb", "flushall"):
+                    holders.append(node.name)
+    assert set(holders) == {"_drop_database"}
+
+    drop = next(n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "_drop_database")
+    first_call: dict[str, int] = {}
+    for call in ast.walk(drop):
+        if isinstance(call, ast.Call):
+            name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+            first_call[name] = min(first_call.get(name, call.lineno), call.lineno)
+    drop_line = next(
+        c.lineno
+        for c in ast.walk(drop)
+        if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.startswith("DROP DATABASE")
+    )
+    assert first_call["check_test_name"] < first_call["check_owned_or_absent"] < drop_line
