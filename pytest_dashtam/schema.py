@@ -16,6 +16,7 @@ import asyncio
 import configparser
 import hashlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -219,7 +220,7 @@ async def _connect(url: str) -> asyncpg.Connection:
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BackendError(
-            f"cannot connect to PostgreSQL at {mask_url(url)}: {cause}; check that the server runs and the URL"
+            f"cannot connect to PostgreSQL at {mask_url(url)}: {cause}; check that the server runs and the URL is right"
         ) from exc
 
 
@@ -323,10 +324,15 @@ class TemplateResult:
     stale_dropped: tuple[str, ...]
 
 
+# Alembic's `context` and `op` are module-level proxies: two upgrades in one process at once would share them.
+_ALEMBIC_LOCK = threading.Lock()
+
+
 def _upgrade_in_thread(alembic_ini: str, url: str) -> None:
     from alembic import command
 
-    command.upgrade(_alembic_config(alembic_ini, url), "head")
+    with _ALEMBIC_LOCK:
+        command.upgrade(_alembic_config(alembic_ini, url), "head")
 
 
 async def migrate(database_url: str, alembic_ini: str) -> None:
