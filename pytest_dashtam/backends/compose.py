@@ -454,7 +454,7 @@ class ComposeBackend:
             )
         if failure.kind in ("unhealthy", "timeout"):
             services = [failure.service] if failure.service else list(REQUIRED_SERVICES)
-            assessment = assess(self._containers(), services)
+            assessment = assess(self._containers(), REQUIRED_SERVICES)
             tails = [f"{s} log: {t}" for s in services if (t := self._log_tail(project, s))]
             what = failure.detail if failure.kind == "unhealthy" else f"not healthy within {self.options.timeout:.0f}s"
             return f"{where}: {failure.service or 'a service'} {what} ({assessment.describe()})" + (
