@@ -97,8 +97,7 @@ def check_test_name(name: str, dev_database: str, *, source: str = "") -> Violat
     if not name:
         return Violation(
             "database_name",
-            f"no database name{origin}; the test run needs a test database name such as dashtam_test "
-            "in the URL's path",
+            f"no database name{origin}; the test run needs a test database name such as dashtam_test in the URL's path",
         )
     if dev_database and name.lower() == dev_database.lower():
         return Violation(
@@ -262,4 +261,3 @@ async def check_owned_or_absent(admin_conn: asyncpg.Connection, dbname: str) -> 
         f"(no {OWNERSHIP_COMMENT_PREFIX!r} comment on it); drop or rename it yourself if it is disposable, "
         "or choose another test database name",
     )
-

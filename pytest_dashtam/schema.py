@@ -451,9 +451,7 @@ async def ensure_template(
                     _single_head(alembic_ini)  # only when building: the hash covers the scripts
                 if exists:  # a rebuild, or a build that died half-way: refused unless stamped
                     await _drop_database(conn, name, dev_database=dev_database, force=True)
-                await _create_database(
-                    conn, name, template="template0", stamp=ownership_comment(ROLE_BUILDING, hash_)
-                )
+                await _create_database(conn, name, template="template0", stamp=ownership_comment(ROLE_BUILDING, hash_))
                 if not owner_tuning:
                     # Per-database, so safe on a shared server; migrations commit faster. Not copied to clones.
                     await conn.execute(f"ALTER DATABASE {_ident(name)} SET synchronous_commit = off")
@@ -546,4 +544,3 @@ async def read_tuning(database_url: str) -> dict[str, str]:
         }
     finally:
         await conn.close()
-

@@ -132,9 +132,7 @@ def _wait_redis(url: str, deadline: float) -> dict[str, Any]:
         if remaining <= 0 and last is not None:
             break
         remaining = max(remaining, 1.0)
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=remaining, socket_timeout=remaining
-        )
+        client = redis.Redis.from_url(url, socket_connect_timeout=remaining, socket_timeout=remaining)
         try:
             client.ping()
             version = str(client.info("server").get("redis_version", "unknown"))

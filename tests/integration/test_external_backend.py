@@ -219,4 +219,3 @@ def test_status_of_unreachable_servers_says_why() -> None:
     assert status.stack is None
     assert "***" in status.detail
     assert "hunter2" not in status.detail
-

@@ -28,6 +28,7 @@ ALEMBIC_INI = str(REPO / "alembic.ini")
 HEAD = "0002_connections_tokens"
 FOREIGN = ("test", "root", "postgres")
 
+
 async def _admin() -> asyncpg.Connection:
     return await asyncpg.connect(ADMIN_URL)
 
@@ -258,10 +259,7 @@ async def test_template_from_metadata_without_alembic(test_db: str) -> None:
 @pytest.mark.asyncio
 async def test_concurrent_callers_build_the_template_once(test_db: str) -> None:
     results = await asyncio.gather(
-        *(
-            schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
-            for _ in range(3)
-        )
+        *(schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None) for _ in range(3))
     )
     assert sorted(r.cache_hit for r in results) == [False, True, True]
     assert len({r.name for r in results}) == 1
@@ -392,9 +390,7 @@ async def test_unstamped_test_named_database_is_never_dropped(test_db: str) -> N
         await conn.execute(f'CREATE DATABASE "{foreign}"')
         try:
             await _execute(foreign, "CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
-            template = await schema.ensure_template(
-                ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None
-            )
+            template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
             with pytest.raises(SafetyError, match=f"refusing to drop database '{foreign}'"):
                 await schema.drop_test_database(ADMIN_URL, foreign)
             with pytest.raises(SafetyError, match="not created by pytest-dashtam"):
@@ -473,3 +469,37 @@ async def test_check_owned_or_absent_on_the_live_server(test_db: str) -> None:
             assert repr(name) in violation.message
     finally:
         await conn.close()
+
+
+_BUILD_SCRIPT = """
+import asyncio, json, sys
+from pytest_dashtam import schema
+result = asyncio.run(schema.ensure_template(sys.argv[1], test_db=sys.argv[2], alembic_ini=sys.argv[3], metadata=None))
+print(json.dumps({"name": result.name, "cache_hit": result.cache_hit}))
+"""
+
+
+@pytest.mark.asyncio
+async def test_two_processes_build_the_template_once(test_db: str) -> None:
+    """What two xdist workers or two pytest runs starting together do."""
+    import json
+    import sys
+
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _BUILD_SCRIPT,
+            ADMIN_URL,
+            test_db,
+            ALEMBIC_INI,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = [await proc.communicate() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err.decode()[-500:] for _, err in outputs]
+    results = [json.loads(out) for out, _ in outputs]
+    assert sorted(r["cache_hit"] for r in results) == [False, True]
+    assert results[0]["name"] == results[1]["name"]
