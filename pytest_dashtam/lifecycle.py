@@ -532,9 +532,9 @@ def describe_report(report: Mapping[str, Any]) -> list[str]:
     if "error" in report:
         return [f"dashtam: not started: {report['error']}"]
     tuning = " ".join(f"{k}={v}" for k, v in sorted(report.get("tuning", {}).items())) or "none"
-    hit = "hit" if report.get("cache_hit") else "miss (built)"
+    hit = "cache hit" if report.get("cache_hit") else "cache miss: built"
     return [
         f"dashtam: backend={report['backend']} ({report['backend_reason']}): {report['postgres']}, {report['redis']}",
-        f"dashtam: database {report['database']} from template {report['template']} (cache {hit}), "
+        f"dashtam: database {report['database']} from template {report['template']} ({hit}), "
         f"redis index {report['redis_index']}, tuning {tuning}",
     ]

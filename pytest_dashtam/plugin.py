@@ -176,7 +176,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _xdist_controller(config: pytest.Config) -> bool:
-    return bool(getattr(config.option, "numprocesses", None)) and config.pluginmanager.hasplugin("dsession")
+    # Not "dsession is registered": xdist registers it in its own pytest_configure, maybe after this one.
+    return bool(getattr(config.option, "numprocesses", None)) and getattr(config.option, "dist", "no") != "no"
 
 
 @pytest.hookimpl(optionalhook=True)
