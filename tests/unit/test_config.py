@@ -137,8 +137,9 @@ def test_unknown_backend_lists_the_valid_ones(project: Path) -> None:
 
 
 def test_missing_env_file(project: Path) -> None:
-    with pytest.raises(ConfigError, match=r"the test env file .*nope.env \(dashtam_env_file from ini dashtam_env_file\) "
-                       r"does not exist"):
+    with pytest.raises(
+        ConfigError, match=r"the test env file .*nope.env \(dashtam_env_file from ini dashtam_env_file\) does not exist"
+    ):
         build_config({}, {}, {"env_file": "nope.env"}, project)
 
 
@@ -150,7 +151,7 @@ def test_bad_import_string(project: Path) -> None:
 
 def test_missing_alembic_ini(project: Path) -> None:
     (project / "alembic.ini").unlink()
-    with pytest.raises(ConfigError, match="set it empty to use metadata.create_all"):
+    with pytest.raises(ConfigError, match=r"set it empty to use metadata\.create_all"):
         build_config({}, {}, {}, project)
     assert build_config({}, {}, {"alembic_ini": ""}, project).alembic_ini is None
 
