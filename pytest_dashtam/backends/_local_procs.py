@@ -118,18 +118,18 @@ class ProcRef:
         return True
 
 
-def _reap_if_our_child(pid: int) -> bool:
+def _reap_if_our_child(ref: ProcRef) -> bool:
     """Collect the exit status of a server this process started but no longer holds a handle to
     (a kept stack stopped by `down` in its own run), so it does not linger as a zombie. False while
     it is our child and not reapable yet (a multi-threaded leader shows Z before its threads end)."""
-    fields = _stat_fields(pid)
-    if fields is None or int(fields[1]) != os.getpid():
-        return True
+    fields = _stat_fields(ref.pid)
+    if fields is None or int(fields[19]) != ref.start_time or int(fields[1]) != os.getpid():
+        return True  # gone, a foreign process with the PID, or not our child: nothing to collect
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, _ = os.waitpid(ref.pid, os.WNOHANG)
     except ChildProcessError:
         return True
-    return done == pid
+    return done == ref.pid
 
 
 def wait_gone(ref: ProcRef, timeout: float, child: object | None = None) -> bool:
@@ -140,7 +140,7 @@ def wait_gone(ref: ProcRef, timeout: float, child: object | None = None) -> bool
         if child is not None:
             with contextlib.suppress(Exception):
                 child.poll()  # type: ignore[attr-defined]
-        if not ref.alive() and (child is not None or _reap_if_our_child(ref.pid)):
+        if not ref.alive() and (child is not None or _reap_if_our_child(ref)):
             return True
         if time.monotonic() >= deadline:
             return False
