@@ -137,7 +137,10 @@ class ComposeProject:
     def port(self, service: str, container_port: int) -> list[str]:
         return [*self.base(), "port", service, str(container_port)]
 
-    def logs(self, service: str, tail: int) -> list[str]:
+    def logs(self, tail: int, service: str | None = None) -> list[str]:
+        """One service's log without prefixes (for error messages), or every service's, prefixed."""
+        if service is None:
+            return [*self.base(), "logs", "--no-color", "--tail", str(tail)]
         return [*self.base(), "logs", "--no-color", "--no-log-prefix", "--tail", str(tail), service]
 
     def config_json(self) -> list[str]:

@@ -161,6 +161,35 @@ class ComposeBackend:
         # Dev data lives in named volumes: never remove them from here.
         self._down(self._project(), volumes=self.env == "test")
 
+    def down(self) -> None:
+        """Take down this environment's stack whoever started it (`dashtam-env down`), unless a live
+        run owns it: that run takes it down itself when it ends, and pulling it away would fail it.
+
+        Test stacks lose their volumes; dev stacks keep theirs (the dev data).
+        """
+        self._check_engine()
+        containers = self._containers()
+        if not containers:
+            return
+        owners = {Owner.from_labels(c.labels) for c in containers}
+        for owner in owners:
+            if owner is not None and owner_state(owner, this_pid=self._owner_pid) == "alive":
+                raise BackendError(
+                    f"compose project {self.project_name} belongs to a run that is still going "
+                    f"(owner {owner.describe()}); let it finish (it stops its stack) or stop that process first"
+                )
+        self._stack = None
+        self._started = False
+        self._down(self._project(), volumes=self.env == "test")
+
+    def logs(self, lines: int = 200) -> str:
+        """The last `lines` of every service's log, prefixed by service (`dashtam-env logs`)."""
+        self._check_engine()
+        result = self._docker(self._project().logs(lines))
+        if not result.ok:
+            raise BackendError(f"`docker compose -p {self.project_name} logs` failed ({result.first_error_line()})")
+        return result.stdout + result.stderr
+
     def status(self) -> StackStatus:
         """Whether this project's stack runs and is healthy; its URLs and versions when it is."""
         if not docker_available():
@@ -430,7 +459,7 @@ class ComposeBackend:
 
     def _log_tail(self, project: ComposeProject, service: str) -> str:
         try:
-            result = self._docker(project.logs(service, 20))
+            result = self._docker(project.logs(20, service))
         except BackendError:
             return ""
         return log_tail(result.stdout + result.stderr) if result.ok else ""

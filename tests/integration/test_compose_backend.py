@@ -303,6 +303,11 @@ def test_keep_leaves_the_stack_up_and_a_dead_keepers_stack_is_attached_not_reape
     backend.stop()
     assert container_ids(project, running_only=True) == before
 
+    # `dashtam-env down test` takes a kept stack down, volumes and network included.
+    make_backend(project).down()
+    assert container_ids(project) == set()
+    assert docker("network", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}").stdout == ""
+
 
 # --------------------------------------------------------------------------- owners
 
@@ -351,6 +356,15 @@ def test_a_live_owners_stack_is_never_touched(projects: list[str], tmp_path: Pat
         assert labels_of(theirs)["io.dashtam.owner-pid"] == str(owner.proc.pid)
         # Its stack still answers.
         assert show(owner.stack.postgres_url, "fsync") == {"fsync": "off"}
+        # `dashtam-env down` refuses to pull it from under the live run.
+        with pytest.raises(BackendError, match=rf"compose project {theirs} belongs to a run that is still going"):
+            make_backend(theirs).down()
+        assert container_ids(theirs, running_only=True) == ids
+        # Its servers' logs, prefixed by service (`dashtam-env logs`).
+        logs = make_backend(theirs).logs(50)
+        assert "database system is ready to accept connections" in logs
+        assert "Ready to accept connections" in logs  # redis
+        assert all(" | " in line for line in logs.splitlines())
     finally:
         owner.close()
 

@@ -130,7 +130,8 @@ def test_project_commands_are_argument_lists_with_absolute_files() -> None:
     assert project.down(volumes=True) == [*base, "down", "--remove-orphans", "--timeout", "5", "--volumes"]
     assert project.down(volumes=False) == [*base, "down", "--remove-orphans", "--timeout", "5"]
     assert project.port("postgres", 5432) == [*base, "port", "postgres", "5432"]
-    assert project.logs("redis", 20) == [*base, "logs", "--no-color", "--no-log-prefix", "--tail", "20", "redis"]
+    assert project.logs(20, "redis") == [*base, "logs", "--no-color", "--no-log-prefix", "--tail", "20", "redis"]
+    assert project.logs(200) == [*base, "logs", "--no-color", "--tail", "200"]
     assert down_by_name("old-run", volumes=True) == [
         "docker",
         "compose",
