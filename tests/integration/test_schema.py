@@ -503,3 +503,14 @@ async def test_two_processes_build_the_template_once(test_db: str) -> None:
     results = [json.loads(out) for out, _ in outputs]
     assert sorted(r["cache_hit"] for r in results) == [False, True]
     assert results[0]["name"] == results[1]["name"]
+
+
+@pytest.mark.asyncio
+async def test_migrate_inside_a_running_event_loop(test_db: str) -> None:
+    """The CLI's dev path: alembic upgrade head into an existing database, from async code."""
+    name = f"{test_db}_dev"
+    await schema.create_test_database(ADMIN_URL, name, template="template0", per_database_tuning=False)
+    await schema.migrate(schema.database_url(ADMIN_URL, name, driver="postgresql"), ALEMBIC_INI)
+    assert await _fetchval(name, "SELECT version_num FROM alembic_version") == HEAD
+    await schema.migrate(schema.database_url(ADMIN_URL, name), ALEMBIC_INI)  # already at head: a no-op
+    assert await _fetchval(name, "SELECT count(*) FROM alembic_version") == 1
