@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -44,7 +45,7 @@ def _backend(
     return ExternalBackend(BackendOptions(postgres_url=postgres_url, redis_url=redis_url), **kw)
 
 
-def _server_state() -> dict[str, object]:
+def _server_state() -> dict[str, Any]:
     """Every server-wide PostgreSQL setting, the foreign databases, every Redis config value."""
 
     async def postgres() -> tuple[object, object]:
@@ -219,3 +220,52 @@ def test_status_of_unreachable_servers_says_why() -> None:
     assert status.stack is None
     assert "***" in status.detail
     assert "hunter2" not in status.detail
+
+
+def test_whole_external_flow_leaves_the_server_as_it_was(planted: dict[int, str]) -> None:
+    """Attach, build and clone the schema with per-database tuning, drop: only our databases came and went."""
+    from pathlib import Path
+
+    from pytest_dashtam import schema
+
+    alembic_ini = str(Path(__file__).resolve().parents[2] / "alembic.ini")
+    before = _server_state()
+    stack = _backend().start()
+    test_db = f"dashtam_test_x{secrets.token_hex(4)}"
+    clone = f"{test_db}_gw0"
+
+    async def flow() -> dict[str, str]:
+        template = await schema.ensure_template(
+            stack.postgres_url,
+            test_db=test_db,
+            alembic_ini=alembic_ini,
+            metadata=None,
+            owner_tuning=stack.owns_servers,
+            dev_database="dashtam",
+        )
+        try:
+            await schema.create_test_database(
+                stack.postgres_url, clone, template=template.name, per_database_tuning=not stack.owns_servers
+            )
+            tuning = await schema.read_tuning(schema.database_url(stack.postgres_url, clone))
+            await schema.drop_test_database(stack.postgres_url, clone)
+        finally:
+            await schema.drop_templates(stack.postgres_url, test_db=test_db)
+        return tuning
+
+    tuning = asyncio.run(flow())
+    assert tuning["synchronous_commit"] == "off"
+    server_settings = dict(before["pg_settings"])
+    assert tuning["fsync"] == server_settings["fsync"]  # server-wide, someone else's: untouched
+    assert _server_state() == before
+
+    async def leftovers() -> list[str]:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            rows = await conn.fetch("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", test_db)
+            return [r["datname"] for r in rows]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(leftovers()) == []
+    _assert_planted_survive(planted)
