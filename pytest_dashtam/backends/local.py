@@ -105,6 +105,7 @@ class LocalBackend:
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
         self._atexit_registered = False
+        self._cache_filler: threading.Thread | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -251,7 +252,7 @@ class LocalBackend:
             else:
                 if dev and paths["data"].exists():
                     shutil.rmtree(paths["data"])  # a half-made cluster from an interrupted first start
-                pg_version_bin, cache_hit = cluster_from_cache(
+                pg_version_bin, cache_hit, self._cache_filler = cluster_from_cache(
                     pg_bins, paths["data"], run_as, paths["postgres_log"], self.cache_dir
                 )
             settings = {} if dev else dict(TEST_TUNING)
@@ -365,6 +366,7 @@ class LocalBackend:
         Called on a backend that neither started nor attached (the CLI's `down`), it stops the
         stacks in its state folder that no live process owns, kept ones included.
         """
+        self._join_cache_filler()
         if self._state is not None:
             if not self.options.keep:
                 self._teardown_own()
@@ -391,7 +393,14 @@ class LocalBackend:
                 stopped += 1
         return stopped
 
+    def _join_cache_filler(self) -> None:
+        """The cache is filled from a snapshot inside the run folder: let it finish first."""
+        if self._cache_filler is not None:
+            self._cache_filler.join(timeout=120)
+            self._cache_filler = None
+
     def _teardown_own(self) -> None:
+        self._join_cache_filler()
         state = self._state
         if state is None:
             return
@@ -447,6 +456,7 @@ class LocalBackend:
             self._atexit_registered = False
 
     def _at_exit(self) -> None:
+        self._join_cache_filler()
         if self._state is not None and not self.options.keep:
             with contextlib.suppress(Exception):
                 self._teardown_own()

@@ -190,8 +190,9 @@ def test_explicit_bin_folder_and_cold_cache(backends: Callable[..., LocalBackend
     assert stack.details["postgres_source"] == "option"
     assert stack.details["redis_source"] == "option"
     assert stack.details["cluster_cache"] == "miss"
+    first.stop()  # the cache fills in the background; stop() waits for it
     assert len(list(cache.glob("pg-*/meta.json"))) == 1
-    first.stop()
+    assert list(cache.glob(".building-*")) == []
     second = backends(cache_dir=cache, postgres_bin=str(SYSTEM_PG15 / "postgres"))
     again = second.start()
     assert again.details["cluster_cache"] == "hit"

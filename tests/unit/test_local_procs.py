@@ -63,7 +63,7 @@ def test_ref_from_another_boot_is_dead(sleeper: subprocess.Popen[bytes]) -> None
 def test_stop_group_kills_the_recorded_process(sleeper: subprocess.Popen[bytes]) -> None:
     ref = ProcRef.of(sleeper.pid)
     stop_group(ref, signal.SIGKILL, 5.0, sleeper)
-    assert sleeper.returncode == -signal.SIGKILL
+    assert sleeper.wait(5) == -signal.SIGKILL
     assert not ref.alive()
 
 
