@@ -35,11 +35,10 @@ STACK_FIXTURES = frozenset(
 )
 
 
-def _fail(exc: BaseException) -> None:
-    """A user's problem as one line (no traceback); anything else propagates with its traceback."""
-    __tracebackhide__ = True
+def _one_line(exc: BaseException) -> str:
+    """A user's problem as its one-line message; anything else propagates with its traceback."""
     if isinstance(exc, DashtamError):
-        pytest.fail(str(exc), pytrace=False)
+        return str(exc)
     raise exc
 
 
@@ -76,8 +75,9 @@ def _dashtam_prepared(_dashtam_run: DashtamRun) -> Prepared:
     try:
         return _dashtam_run.prepare()
     except BaseException as exc:
-        _fail(exc)
-        raise
+        message = _one_line(exc)
+    # Outside the except block: no chained "during handling" noise, the same one line for every test.
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -196,9 +196,10 @@ def _dashtam_app(_dashtam_run: DashtamRun) -> tuple[Any, Any, Any]:
         session_dep = import_object(config.session_dependency, "session_dependency")
         redis_dep = import_object(config.redis_dependency, "redis_dependency")
     except BaseException as exc:
-        _fail(exc)
-        raise
-    return target, session_dep, redis_dep
+        message = _one_line(exc)
+    else:
+        return target, session_dep, redis_dep
+    pytest.fail(message, pytrace=False)
 
 
 @pytest_asyncio.fixture

@@ -1,7 +1,6 @@
 import pytest
-from sqlalchemy import select, text
-
 from exampleapp import Item
+from sqlalchemy import select
 
 
 @pytest.mark.asyncio
@@ -29,6 +28,22 @@ async def test_client_uses_the_test_session(client, db_session, redis_client):
 
 
 def test_settings_point_at_the_worker(dashtam_settings, dashtam_stack):
-    assert dashtam_settings.DATABASE_URL.endswith("/dashtam_test_plugin")
-    assert dashtam_settings.REDIS_URL.endswith("/9")
+    import os
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    number = int(worker[2:]) if worker else 0
+    assert dashtam_settings.DATABASE_URL.endswith("/dashtam_test_plugin" + (f"_{worker}" if worker else ""))
+    assert dashtam_settings.REDIS_URL.endswith(f"/{9 + number}")
+    # The app's own settings (not overridden by fixtures) read the same values from the environment.
+    assert os.environ["DATABASE_URL"] == dashtam_settings.DATABASE_URL
     assert dashtam_stack.postgres_version
+
+
+def test_client_overrides_are_removed_afterwards():
+    from exampleapp import app
+
+    assert app.dependency_overrides == {}
+
+
+def test_without_the_stack_needs_nothing():
+    assert True

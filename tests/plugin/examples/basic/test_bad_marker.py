@@ -1,0 +1,6 @@
+import pytest
+
+
+@pytest.mark.dashtam_db(transaction="yes")
+def test_bad_marker_argument(db_engine):
+    pass

@@ -1,0 +1,69 @@
+"""Each fixture and the marker, in an inner project on the real servers."""
+
+from __future__ import annotations
+
+from inner_project import INNER_DB, INNER_INDEX, Inner
+
+
+def test_fixtures_isolate_and_clean_up(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run("test_basic.py", "-v")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(
+        [
+            "dashtam: backend=external (from DASHTAM_BACKEND): PostgreSQL * at postgresql://postgres@*, Redis * at redis://*",
+            f"dashtam: database {INNER_DB} from template {INNER_DB}_tpl_* (*), redis index {INNER_INDEX}, tuning *",
+        ]
+    )
+    # Everything gone afterwards: the test database (the template stays, it is the cache).
+    assert INNER_DB not in inner.databases()
+    assert inner.redis(INNER_INDEX).dbsize() == 0
+
+
+def test_transaction_marker_empties_what_was_written(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run("test_transaction.py", "-v")
+    result.assert_outcomes(passed=4)
+
+
+def test_marker_arguments_are_validated(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run("test_bad_marker.py")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*@pytest.mark.dashtam_db: transaction must be True or False, got 'yes'; "
+            "use @pytest.mark.dashtam_db(transaction=True)"
+        ]
+    )
+
+
+def test_marker_is_registered_with_its_signature(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.dashtam_db(transaction=False): *"])
+
+
+def test_public_fixtures_have_docstrings(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run("--fixtures", "test_basic.py")
+    for name in ("dashtam_stack", "dashtam_settings", "db_engine", "db_session", "redis_client", "client"):
+        result.stdout.fnmatch_lines([f"{name}*", "    ?*"])
+
+
+def test_a_start_failure_errors_each_test_that_needs_the_stack(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run(
+        "test_basic.py",
+        "--dashtam-postgres-url=postgresql://postgres@127.0.0.1:1/postgres",
+        "--dashtam-redis-url=redis://127.0.0.1:1",
+        "--dashtam-timeout=1",
+    )
+    # The four stack tests error; the override check and the plain test still pass.
+    result.assert_outcomes(errors=4, passed=2)
+    expected = "PostgreSQL at postgresql://postgres@127.0.0.1:1/postgres did not answer within 1.0s: "
+    errors = [line for line in result.stdout.lines if line.startswith(expected)]
+    assert len(errors) == 4, result.stdout.str()
+    assert len(set(errors)) == 1  # the same one line each time
+    assert "Traceback" not in result.stdout.str()
+    assert "During handling" not in result.stdout.str()

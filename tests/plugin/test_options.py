@@ -1,0 +1,84 @@
+"""Options through CLI, environment and ini: the header names the winner; mistakes are UsageErrors."""
+
+from __future__ import annotations
+
+import time
+
+from inner_project import INNER_DB, Inner
+
+
+def test_each_level_wins_in_turn_and_the_header_says_so(inner: Inner) -> None:
+    inner.copy()
+    inner.ini(dashtam_backend="compose", dashtam_redis_index="12", dashtam_dev_database="dev_from_ini")
+    inner.monkeypatch.setenv("DASHTAM_BACKEND", "local")
+    inner.monkeypatch.setenv("DASHTAM_REDIS_INDEX", "11")
+    result = inner.run("--collect-only", "--dashtam-backend=external")
+    result.stdout.fnmatch_lines(
+        [
+            "dashtam: *, backend=external (from --dashtam-backend), env_file=.env.test (from ini dashtam_env_file), "
+            "settings=exampleapp:Settings (from ini dashtam_settings)",
+            f"dashtam: test database {INNER_DB} (one), redis_index=11 (from DASHTAM_REDIS_INDEX), "
+            "dev_database=dev_from_ini (from ini dashtam_dev_database), dev_redis_index=0 (default)",
+        ]
+    )
+
+
+def test_cli_flags_and_masked_urls_in_the_header(inner: Inner) -> None:
+    inner.copy()
+    inner.monkeypatch.setenv("DASHTAM_POSTGRES_URL", "postgresql://postgres:s3cret@127.0.0.1:5432/postgres")
+    result = inner.run("--collect-only", "--dashtam-keep", "--dashtam-rebuild")
+    result.stdout.fnmatch_lines(
+        [
+            "dashtam: postgres_url=postgresql://postgres:***@127.0.0.1:5432/postgres (from DASHTAM_POSTGRES_URL), "
+            "redis_url=redis://127.0.0.1:6379 (from DASHTAM_REDIS_URL)",
+            "dashtam: keep=True (from --dashtam-keep), rebuild=True (from --dashtam-rebuild), alembic_ini=None*",
+        ]
+    )
+    assert "s3cret" not in result.stdout.str()
+
+
+def test_bad_value_is_a_usage_error_listing_valid_values(inner: Inner) -> None:
+    inner.copy()
+    inner.monkeypatch.setenv("DASHTAM_BACKEND", "kubernetes")
+    result = inner.run()
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest-dashtam: dashtam_backend='kubernetes' (from DASHTAM_BACKEND) is not a backend; "
+            "valid values: auto, compose, local, external"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_help_works_on_a_broken_configuration(inner: Inner) -> None:
+    inner.copy()
+    inner.monkeypatch.setenv("DASHTAM_BACKEND", "kubernetes")
+    inner.monkeypatch.setenv("DASHTAM_ENV_FILE", "missing.env")
+    result = inner.run("--help")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["pytest-dashtam: the PostgreSQL + Redis test stack:", "*--dashtam-backend=BACKEND*"])
+
+
+def test_collect_only_does_no_work(inner: Inner) -> None:
+    inner.copy()
+    before = inner.databases()
+    # Unreachable servers: starting anything would take the timeout and fail.
+    inner.monkeypatch.setenv("DASHTAM_POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/postgres")
+    inner.monkeypatch.setenv("DASHTAM_REDIS_URL", "redis://127.0.0.1:1")
+    started = time.monotonic()
+    result = inner.run("--collect-only", "--dashtam-timeout=30")
+    assert result.ret == 0
+    assert time.monotonic() - started < 20
+    assert "dashtam: backend=external (from DASHTAM_BACKEND):" not in result.stdout.str()
+    assert inner.databases() == before
+
+
+def test_unconfigured_project_leaves_the_plugin_idle(inner: Inner) -> None:
+    """Installed in a venv, the plugin must not break projects that do not use it."""
+    for key in ("DASHTAM_BACKEND", "DASHTAM_POSTGRES_URL", "DASHTAM_REDIS_URL"):
+        inner.monkeypatch.delenv(key)
+    inner.pytester.makepyfile("def test_plain():\n    assert True\n")
+    result = inner.run("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["dashtam: *, idle: the test env file * does not exist*"])
