@@ -123,20 +123,27 @@ class LocalBackend:
         run_as = pick_run_as()
         if run_as is not None:
             self._check_reachable(pg_bins, run_as)
-        with locked(self.state_dir):
-            attached = self._reap_and_attach(pg_bins, redis_bin)
-            if attached is not None:
-                self._stack = attached
-                return attached
-            for attempt in range(_PORT_RETRIES):
-                try:
-                    stack = self._start_new(pg_bins, redis_bin, run_as, deadline)
-                except PortInUseError:
-                    if self.options.env == "dev" or attempt == _PORT_RETRIES - 1:
-                        raise
-                    continue
-                self._stack = stack
-                return stack
+        try:
+            with locked(self.state_dir):
+                attached = self._reap_and_attach(pg_bins, redis_bin)
+                if attached is not None:
+                    self._stack = attached
+                    return attached
+                for attempt in range(_PORT_RETRIES):
+                    try:
+                        stack = self._start_new(pg_bins, redis_bin, run_as, deadline)
+                    except PortInUseError:
+                        if self.options.env == "dev" or attempt == _PORT_RETRIES - 1:
+                            raise
+                        continue
+                    self._stack = stack
+                    return stack
+        except OSError as exc:
+            # A folder we cannot create or write (state dir, tmpfs, cache): say which, no traceback.
+            raise BackendError(
+                f"local backend could not prepare its files: {exc}; check the state dir "
+                f"{self.state_dir} and the cache dir are writable"
+            ) from exc
         raise AssertionError("unreachable")
 
     def _check_reachable(self, pg_bins: PgBinaries, run_as: RunAs) -> None:
@@ -236,6 +243,8 @@ class LocalBackend:
         self._install_handlers()
         try:
             paths["run"].mkdir(mode=0o755, parents=dev, exist_ok=dev)
+            if not dev:
+                paths["run"].chmod(0o755)  # whatever the umask: the server user must enter it
             # Recorded before anything is spawned: a crash from here on leaves a reapable record.
             write_state(self.state_dir, state)
             paths["redis"].mkdir(mode=0o700, exist_ok=True)
@@ -267,6 +276,7 @@ class LocalBackend:
             shown = wait_postgres(pg_proc, socket_path, deadline, paths["postgres_log"], _SHOW)
         except BaseException:
             self._teardown_own()
+            self._remove_handlers()
             raise
         ready_s = time.perf_counter() - t0
         tuning = {} if dev else {name: str(value) for name, value in zip(TEST_TUNING, shown[1:], strict=True)}

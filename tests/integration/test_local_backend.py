@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -245,6 +246,13 @@ def test_dev_env_persists_across_restarts(
     client = redis.Redis(port=redis_port)
     client.set("dashtam-it", "kept")
     client.close()
+    # A second start while the dev stack runs attaches to it and leaves it running at stop.
+    other = backends(env="dev", state_dir=state_dir)
+    attached = other.start()
+    assert attached.started is False
+    assert attached.postgres_url == stack.postgres_url
+    other.stop()
+    assert_running(stack)
     first.stop()
     assert_gone(stack)
     assert (state_dir / "postgres" / "PG_VERSION").is_file()
@@ -256,6 +264,23 @@ def test_dev_env_persists_across_restarts(
     assert client.get("dashtam-it") == b"kept"
     client.close()
     second.stop()
+
+
+def test_no_room_on_tmpfs_falls_back_to_the_state_dir(
+    open_dir: Path, backends: Callable[..., LocalBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_dashtam.backends import local
+
+    monkeypatch.setattr(local, "TMPFS_MIN_FREE", 1 << 62)
+    backend = backends(state_dir=open_dir / "state")
+    stack = backend.start()
+    assert stack.details["on_tmpfs"] is False
+    assert stack.details["run_dir"].startswith(str(open_dir / "state" / "runs"))
+    assert stack.tuning["fsync"] == "off"
+    check_servers(stack)
+    backend.stop()
+    assert_gone(stack)
+    assert not Path(stack.details["run_dir"]).exists()
 
 
 def test_dev_port_taken_names_the_variable(
@@ -419,6 +444,36 @@ def _children_of(pid: int) -> list[int]:
             if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def test_port_lost_to_another_process_is_retried(
+    backends: Callable[..., LocalBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the port check and the server's bind another process may take the port: retry."""
+    from pytest_dashtam.backends import _local_procs, local
+
+    thief = socket.socket()
+    thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    thief.bind(("127.0.0.1", 0))
+    thief.listen()
+    stolen = thief.getsockname()[1]
+    calls: list[list[int]] = []
+
+    def pick(count: int, exclude: set[int] | None = None) -> list[int]:
+        ports = [stolen, *_local_procs.pick_free_ports(count - 1)] if not calls else _local_procs.pick_free_ports(count)
+        calls.append(ports)
+        return ports
+
+    monkeypatch.setattr(local, "pick_free_ports", pick)
+    try:
+        backend = backends()
+        stack = backend.start()
+    finally:
+        thief.close()
+    assert len(calls) == 2
+    assert stack.details["postgres_port"] != stolen
+    check_servers(stack)
+    backend.stop()
 
 
 def test_no_binaries_anywhere_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
