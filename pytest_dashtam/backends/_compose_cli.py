@@ -272,6 +272,8 @@ class Assessment:
     # One entry per required service: "postgres healthy", "redis exited", "redis missing"...
     states: tuple[str, ...] = ()
     containers: Mapping[str, Container] = field(default_factory=dict)
+    # Every container of the project, the required services' and any others (app, callback...).
+    everything: tuple[Container, ...] = ()
 
     def describe(self) -> str:
         return ", ".join(self.states) or "no containers"
@@ -310,7 +312,7 @@ def assess(containers: Sequence[Container], required: Sequence[str]) -> Assessme
                 verdict = "starting"
         else:
             states.append(f"{service} {'healthy' if found.health == 'healthy' else 'running'}")
-    return Assessment(verdict, tuple(states), chosen)
+    return Assessment(verdict, tuple(states), chosen, tuple(containers))
 
 
 # --------------------------------------------------------------------------- failures of `up`

@@ -277,7 +277,7 @@ class ComposeBackend:
         owner = Owner.from_labels(postgres.labels)
         details: dict[str, Any] = {
             "project": self.project_name,
-            "services": sorted({c.service for c in self._containers() if c.status == "running"}),
+            "services": sorted({c.service for c in assessment.everything if c.status == "running"}),
             "compose_files": [str(f) for f in self.compose_files],
             "env_file": str(self.env_file),
             "containers": {name: c.name for name, c in assessment.containers.items()},
