@@ -106,6 +106,8 @@ class LocalBackend:
         self._sigterm_installed = False
         self._atexit_registered = False
         self._cache_filler: threading.Thread | None = None
+        # Set once start() succeeded: a second stop() must not turn into `down` and stop a kept stack.
+        self._used = False
 
     @property
     def state_dir(self) -> Path:
@@ -128,6 +130,7 @@ class LocalBackend:
                 attached = self._reap_and_attach(pg_bins, redis_bin)
                 if attached is not None:
                     self._stack = attached
+                    self._used = True
                     return attached
                 for attempt in range(_PORT_RETRIES):
                     try:
@@ -137,6 +140,7 @@ class LocalBackend:
                             raise
                         continue
                     self._stack = stack
+                    self._used = True
                     return stack
         except OSError as exc:
             # A folder we cannot create or write (state dir, tmpfs, cache): say which, no traceback.
@@ -340,7 +344,8 @@ class LocalBackend:
             return False
         text = str(info)
         redis_ok = f"valkey_version:{stack.redis_version}" in text or f"redis_version:{stack.redis_version}" in text
-        return version == stack.postgres_version and redis_ok and f"process_id:{state.redis.pid}" in text  # type: ignore[union-attr]
+        ours = state.redis is not None and f"process_id:{state.redis.pid}" in text
+        return version == stack.postgres_version and redis_ok and ours
 
     def _reap_and_attach(self, pg_bins: PgBinaries, redis_bin: RedisBinary) -> Stack | None:
         env = self.options.env
@@ -353,7 +358,10 @@ class LocalBackend:
             if state.env != env:
                 continue
             owner_alive = state.owner.alive()
-            usable = (state.keep or env == "dev") and self._compatible(state, pg_bins, redis_bin)
+            # Kept stacks are there to be attached to; a dev stack whose owner runs (`dashtam-env up
+            # dev` in another terminal) is shared rather than fought over. A dev stack whose owner
+            # died is reaped like any other: stopped gracefully, its data kept, and started anew.
+            usable = (state.keep or (env == "dev" and owner_alive)) and self._compatible(state, pg_bins, redis_bin)
             if usable and attach is None:
                 attach = dataclasses.replace(state.the_stack(), started=False)
                 continue
@@ -382,7 +390,7 @@ class LocalBackend:
                 self._teardown_own()
             self._state = None
             self._children = {}
-        elif self._stack is None:
+        elif self._stack is None and not self._used:
             self.down()
         self._stack = None
         self._remove_handlers()

@@ -300,6 +300,7 @@ def test_keep_then_attach_then_down(backends: Callable[..., LocalBackend]) -> No
     first = backends(keep=True)
     kept = first.start()
     first.stop()
+    first.stop()  # a second stop is not a `down`
     assert_running(kept)  # keep: left running
 
     second = backends()
@@ -338,7 +339,8 @@ _OWNER_SCRIPT = textwrap.dedent(
     from pytest_dashtam.backends.base import BackendOptions
     from pytest_dashtam.backends.local import LocalBackend
 
-    backend = LocalBackend(BackendOptions(state_dir=Path(sys.argv[1])), cache_dir=Path(sys.argv[2]))
+    options = BackendOptions(state_dir=Path(sys.argv[1]), env=sys.argv[3])
+    backend = LocalBackend(options, cache_dir=Path(sys.argv[2]))
     stack = backend.start()
     try:
         print(stack.to_json(), flush=True)
@@ -350,9 +352,9 @@ _OWNER_SCRIPT = textwrap.dedent(
 )
 
 
-def _spawn_owner(state_dir: Path, cache: Path) -> tuple[subprocess.Popen[str], Stack]:
+def _spawn_owner(state_dir: Path, cache: Path, env: str = "test") -> tuple[subprocess.Popen[str], Stack]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", _OWNER_SCRIPT, str(state_dir), str(cache)],
+        [sys.executable, "-c", _OWNER_SCRIPT, str(state_dir), str(cache), env],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -378,6 +380,28 @@ def test_crashed_owner_stack_is_reaped(
     assert not Path(orphan.details["run_dir"]).exists()
     assert not Path(orphan.details["state_file"]).exists()
     assert stack.details["run_id"] != orphan.details["run_id"]
+    backend.stop()
+
+
+def test_crashed_dev_owner_is_stopped_and_its_data_kept(
+    open_dir: Path, backends: Callable[..., LocalBackend], shared_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_dashtam.backends._local_procs import pick_free_ports
+
+    pg_port, redis_port = pick_free_ports(2)
+    monkeypatch.setenv("DASHTAM_DEV_POSTGRES_PORT", str(pg_port))
+    monkeypatch.setenv("DASHTAM_DEV_REDIS_PORT", str(redis_port))
+    state_dir = open_dir / "dev"
+    proc, orphan = _spawn_owner(state_dir, shared_cache, "dev")
+    pg_query(("127.0.0.1", pg_port), ["CREATE TABLE before_crash (id int)"])
+    proc.kill()
+    proc.wait(10)
+    assert_running(orphan)
+    backend = backends(env="dev", state_dir=state_dir)
+    stack = backend.start()
+    assert stack.started is True  # reaped and started anew, not attached to an ownerless stack
+    assert_gone(orphan)
+    assert pg_query(("127.0.0.1", pg_port), ["SELECT to_regclass('before_crash')::text"]) == ["before_crash"]
     backend.stop()
 
 
