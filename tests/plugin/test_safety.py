@@ -1,0 +1,141 @@
+"""Each safety layer refuses its bad input before anything destructive, and nothing was dropped or flushed.
+
+The proof: a stamped test database left by an earlier run (--dashtam-keep) holds a planted row, and the
+worker's Redis index a planted key; a refused run must leave both in place (a run that got past the gate
+would drop and re-clone the database and flush the index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from inner_project import INNER_DB, INNER_INDEX, POSTGRES_URL, Inner
+
+PLANTED_KEY = "pytest-dashtam-safety-test-planted"
+
+
+@pytest.fixture
+def planted(inner: Inner) -> Iterator[Inner]:
+    inner.copy()
+    kept = inner.run("test_basic.py", "-k", "settings", "--dashtam-keep")
+    kept.assert_outcomes(passed=1)
+    with inner.admin() as admin:
+        assert admin.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (INNER_DB,)
+        ).fetchone()[0].startswith("pytest-dashtam:")
+    with _test_db() as conn:
+        conn.execute("INSERT INTO items (name) VALUES ('planted')")
+    inner.redis(INNER_INDEX).set(PLANTED_KEY, "1")
+    yield inner
+    inner.redis(INNER_INDEX).delete(PLANTED_KEY)
+    with inner.admin() as admin:  # created by this fixture's own run (stamped): ours to drop
+        admin.execute(f'DROP DATABASE IF EXISTS "{INNER_DB}" WITH (FORCE)')
+
+
+def _test_db():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(POSTGRES_URL.rsplit("/", 1)[0] + "/" + INNER_DB, autocommit=True)
+
+
+def _untouched(inner: Inner) -> None:
+    with _test_db() as conn:
+        assert conn.execute("SELECT name FROM items").fetchall() == [("planted",)]
+    assert inner.redis(INNER_INDEX).get(PLANTED_KEY) == "1"
+
+
+def _refused(result: pytest.RunResult, message: str) -> None:
+    result.assert_outcomes(errors=4, passed=2)
+    result.stdout.fnmatch_lines([message])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_environment_must_be_testing(planted: Inner) -> None:
+    planted.env_file(ENVIRONMENT="development")
+    _refused(planted.run("test_basic.py"), "ENVIRONMENT is 'development', the test run requires 'testing'*")
+    _untouched(planted)
+
+
+def test_testing_flag_must_be_true(planted: Inner) -> None:
+    planted.env_file(TESTING="false")
+    _refused(planted.run("test_basic.py"), "TESTING is False, the test run requires true*")
+    _untouched(planted)
+
+
+def test_database_name_must_be_a_test_name(planted: Inner) -> None:
+    planted.env_file(DATABASE_URL="postgresql+asyncpg://postgres:test@127.0.0.1:5432/dashtam_plugin")
+    # The password says "test"; only the name counts.
+    _refused(planted.run("test_basic.py"), "*the database name 'dashtam_plugin'*does not contain 'test'*")
+    _untouched(planted)
+
+
+def test_database_must_not_be_the_dev_database(planted: Inner) -> None:
+    _refused(
+        planted.run("test_basic.py", f"--dashtam-dev-database={INNER_DB}"),
+        f"*the test database '{INNER_DB}'*is the dev database*",
+    )
+    _untouched(planted)
+
+
+def test_host_must_be_local(planted: Inner) -> None:
+    # "vm" resolves to 127.0.0.1 here, so the servers answer, but it is not a loopback *name*.
+    import socket
+
+    try:
+        socket.gethostbyname(socket.gethostname())
+    except OSError:
+        pytest.skip("this machine's host name does not resolve; the host check needs a non-loopback name")
+    host = socket.gethostname()
+    result = planted.run(
+        "test_basic.py",
+        f"--dashtam-postgres-url=postgresql://postgres@{host}:5432/postgres",
+        f"--dashtam-redis-url=redis://{host}:6379",
+    )
+    if "did not answer" in result.stdout.str():
+        pytest.skip(f"the servers do not listen on {host}'s address")
+    _refused(result, f"*the host '{host}' in *is neither loopback, a Unix socket, nor a service of the test stack*")
+    _untouched(planted)
+
+
+def test_redis_index_must_not_be_the_dev_index(inner: Inner) -> None:
+    inner.copy()
+    dev = inner.redis(0)
+    dev.set(PLANTED_KEY, "dev data")
+    try:
+        _refused(inner.run("test_basic.py", "--dashtam-redis-index=0"), "*the Redis index 0 is the dev index*")
+        assert dev.get(PLANTED_KEY) == "dev data"
+    finally:
+        dev.delete(PLANTED_KEY)  # only our own key: index 0 is someone's dev data
+
+
+def test_redis_index_must_exist(planted: Inner) -> None:
+    databases = int(planted.redis(0).config_get("databases")["databases"])
+    _refused(
+        planted.run("test_basic.py", f"--dashtam-redis-index={databases}"),
+        f"*need Redis indexes {databases}-{databases} but the server has {databases} databases*",
+    )
+    _untouched(planted)
+
+
+def test_an_unstamped_database_is_never_dropped(inner: Inner) -> None:
+    inner.copy()
+    foreign = "dashtam_test_plugin_foreign"
+    inner.env_file(DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{foreign}")
+    with inner.admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{foreign}"')  # left by an earlier run of this test only
+        admin.execute(f'CREATE DATABASE "{foreign}"')
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL.rsplit("/", 1)[0] + "/" + foreign, autocommit=True) as conn:
+            conn.execute("CREATE TABLE precious (v text); INSERT INTO precious VALUES ('keep me')")
+        _refused(
+            inner.run("test_basic.py"),
+            f"*refusing to drop database '{foreign}': it exists but was not created by pytest-dashtam*",
+        )
+        with psycopg.connect(POSTGRES_URL.rsplit("/", 1)[0] + "/" + foreign, autocommit=True) as conn:
+            assert conn.execute("SELECT v FROM precious").fetchall() == [("keep me",)]
+    finally:
+        with inner.admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{foreign}" WITH (FORCE)')

@@ -1,0 +1,41 @@
+"""Under `pytest -n 2`: one stack, a database and a Redis index per worker, all gone afterwards."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from inner_project import INNER_DB, INNER_INDEX, Inner
+
+
+def test_two_workers(inner: Inner) -> None:
+    inner.copy()
+    before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("pytest-dashtam-")}
+    result = inner.run("-n", "2", "test_basic.py", "test_transaction.py", "--dashtam-timings")
+    result.assert_outcomes(passed=10)
+    result.stdout.fnmatch_lines(
+        [
+            "*= dashtam =*",
+            "dashtam: backend=external *",
+            f"dashtam: database {INNER_DB}_gw? from template {INNER_DB}_tpl_* redis index *",
+        ]
+    )
+    result.stdout.fnmatch_lines([f"dashtam timings: {INNER_DB}_gw0: start *", f"dashtam timings: {INNER_DB}_gw1: *"])
+    databases = inner.databases()
+    assert f"{INNER_DB}_gw0" not in databases
+    assert f"{INNER_DB}_gw1" not in databases
+    assert inner.redis(INNER_INDEX).dbsize() == 0
+    assert inner.redis(INNER_INDEX + 1).dbsize() == 0
+    after = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("pytest-dashtam-")}
+    assert after <= before  # the run's shared directory is removed
+
+
+def test_capacity_is_checked_before_starting(inner: Inner) -> None:
+    inner.copy()
+    databases = int(inner.redis(0).config_get("databases")["databases"])
+    base = databases - 1  # two workers need base and base + 1
+    result = inner.run("-n", "2", "test_basic.py", f"--dashtam-redis-index={base}")
+    result.assert_outcomes(errors=4, passed=2)
+    result.stdout.fnmatch_lines(
+        [f"*2 worker(s) need Redis indexes {base}-{base + 1} but the server has {databases} databases*"]
+    )
