@@ -106,8 +106,6 @@ class LocalBackend:
         self._sigterm_installed = False
         self._atexit_registered = False
         self._cache_filler: threading.Thread | None = None
-        # Set once start() succeeded: a second stop() must not turn into `down` and stop a kept stack.
-        self._used = False
 
     @property
     def state_dir(self) -> Path:
@@ -130,7 +128,6 @@ class LocalBackend:
                 attached = self._reap_and_attach(pg_bins, redis_bin)
                 if attached is not None:
                     self._stack = attached
-                    self._used = True
                     return attached
                 for attempt in range(_PORT_RETRIES):
                     try:
@@ -140,7 +137,6 @@ class LocalBackend:
                             raise
                         continue
                     self._stack = stack
-                    self._used = True
                     return stack
         except OSError as exc:
             # A folder we cannot create or write (state dir, tmpfs, cache): say which, no traceback.
@@ -381,8 +377,7 @@ class LocalBackend:
     def stop(self) -> None:
         """Stop what `start()` started (unless `keep`); leave what it attached to running.
 
-        Called on a backend that neither started nor attached (the CLI's `down`), it stops the
-        stacks in its state folder that no live process owns, kept ones included.
+        Stacks left running on purpose by earlier processes are `down()`'s business, not this.
         """
         self._join_cache_filler()
         if self._state is not None:
@@ -390,26 +385,49 @@ class LocalBackend:
                 self._teardown_own()
             self._state = None
             self._children = {}
-        elif self._stack is None and not self._used:
-            self.down()
         self._stack = None
         self._remove_handlers()
 
-    def down(self) -> int:
-        """Stop every stack of this env in the state folder whose owner is gone or that was kept."""
-        stopped = 0
+    def down(self) -> None:
+        """Stop this env's stacks in the state folder whoever started them (`dashtam-env down`).
+
+        Kept stacks and stacks whose owner died are stopped (a test stack's files removed, a dev
+        stack's data kept). A stack a live run owns without `keep` is that run's to stop: it is
+        left alone and named in a BackendError, after the others are stopped.
+        """
         if not self.state_dir.is_dir():
-            return 0
+            return
+        busy: list[str] = []
         with locked(self.state_dir):
             for _path, state in read_states(self.state_dir):
                 if state is None or state.env != self.options.env:
                     continue
                 if state.owner.alive() and not state.keep:
+                    if state.any_server_alive():
+                        busy.append(f"pid {state.owner.pid}")
                     continue
                 _teardown_state(state)
                 remove_state(self.state_dir, state.run_id)
-                stopped += 1
-        return stopped
+        if busy:
+            raise BackendError(
+                f"local {self.options.env} stack(s) of runs still going ({', '.join(busy)}) was left running: "
+                "let that run finish (it stops its own stack) or stop that process first"
+            )
+
+    def logs(self, lines: int = 200) -> str:
+        """The last `lines` of the servers' logs of this env's newest stack (`dashtam-env logs`)."""
+        states = [s for _p, s in read_states(self.state_dir) if s is not None and s.env == self.options.env]
+        if not states:
+            return f"no local {self.options.env} stack in {self.state_dir}\n"
+        newest = max(states, key=lambda s: s.started_at)
+        out: list[str] = []
+        for server, path in (("postgres", newest.postgres_log), ("redis", newest.redis_log)):
+            try:
+                text = Path(path).read_text(errors="replace").splitlines()[-lines:]
+            except OSError as exc:
+                text = [f"(no log: {exc.strerror})"]
+            out.extend(f"{server} | {line}" for line in text)
+        return "\n".join(out) + "\n"
 
     def _join_cache_filler(self) -> None:
         """The cache is filled from a snapshot inside the run folder: let it finish first."""
