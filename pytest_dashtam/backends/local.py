@@ -123,6 +123,11 @@ class LocalBackend:
         run_as = pick_run_as()
         if run_as is not None:
             self._check_reachable(pg_bins, run_as)
+        elif os.geteuid() == 0:
+            raise BackendError(
+                "PostgreSQL refuses to run as root and this system has neither a 'postgres' nor a 'nobody' "
+                "user to run it as: create one (useradd --system postgres) or run the tests as another user"
+            )
         try:
             with locked(self.state_dir):
                 attached = self._reap_and_attach(pg_bins, redis_bin)

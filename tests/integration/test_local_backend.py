@@ -214,6 +214,61 @@ def test_root_runs_postgres_as_unprivileged_user(backends: Callable[..., LocalBa
     assert os.stat(stack.details["data_dir"]).st_uid == expected.pw_uid
 
 
+_AS_USER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from pytest_dashtam.backends.base import BackendOptions
+    from pytest_dashtam.backends.local import LocalBackend
+
+    backend = LocalBackend(BackendOptions(state_dir=Path(sys.argv[1])))
+    stack = backend.start()
+    uid = os.stat(f"/proc/{stack.details['postgres_pid']}").st_uid
+    backend.stop()
+    print(json.dumps({"stack": stack.to_json(), "uid": uid, "me": os.getuid()}))
+    """
+)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to switch to an unprivileged user for the test")
+def test_unprivileged_user_runs_servers_as_itself(open_dir: Path) -> None:
+    """The ordinary case for most users: not root, so no user switch, and the cache in XDG_CACHE_HOME."""
+    user = pwd.getpwnam("postgres")
+    python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no {python} the postgres user can run (the venv's interpreter may be under /root)")
+    os.chown(open_dir, user.pw_uid, user.pw_gid)
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    project = str(Path(__file__).resolve().parents[2])
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(open_dir),
+        "XDG_CACHE_HOME": str(open_dir / "xdg-cache"),
+        "PYTHONPATH": f"{project}:{site}",
+    }
+    out = subprocess.run(
+        [python, "-c", _AS_USER_SCRIPT, str(open_dir / "state")],
+        capture_output=True,
+        text=True,
+        check=False,
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        env=env,
+        cwd=str(open_dir),
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    stack = Stack.from_json(result["stack"])
+    assert result["me"] == user.pw_uid
+    assert result["uid"] == user.pw_uid
+    assert stack.details["run_as"] is None
+    assert stack.tuning["fsync"] == "off"
+    assert list((open_dir / "xdg-cache" / "pytest-dashtam").glob("pg-*/meta.json"))
+    assert_gone(stack)
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="only root must hand PostgreSQL to another user")
 def test_root_binaries_unreachable_by_server_user(backends: Callable[..., LocalBackend], tmp_path: Path) -> None:
     hidden = tmp_path / "hidden"
