@@ -367,10 +367,10 @@ class LocalBackend:
                 attach = dataclasses.replace(state.the_stack(), started=False)
                 continue
             if owner_alive:
-                if env == "dev" and state.servers_alive():
+                if env == "dev":  # one dev cluster per folder: never start a second on its data
                     raise BackendError(
-                        f"a dev stack owned by live process {state.owner.pid} runs with other binaries or does "
-                        f"not answer; stop it first (dashtam-env down dev)"
+                        f"the dev stack of live process {state.owner.pid} runs other binaries or does not "
+                        f"answer; stop that process (or `dashtam-env down dev`) first"
                     )
                 continue  # someone's live stack: never touched
             _teardown_state(state)
