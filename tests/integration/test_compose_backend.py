@@ -204,6 +204,16 @@ def test_start_gives_a_tuned_stack_on_loopback_and_stop_removes_everything(proje
         assert stack.redis_databases >= 16
 
         # The tuning, read back by the test itself through the published port.
+        # No test database made by the image: the plugin creates (and stamps) its own.
+        async def databases() -> set[str]:
+            conn = await asyncpg.connect(stack.postgres_url)
+            try:
+                return {r[0] for r in await conn.fetch("SELECT datname FROM pg_database WHERE NOT datistemplate")}
+            finally:
+                await conn.close()
+
+        assert asyncio.run(databases()) == {"postgres"}
+
         shown = show(stack.postgres_url, "fsync", "full_page_writes", "synchronous_commit")
         assert shown == {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
         assert dict(stack.tuning) == shown
@@ -442,8 +452,7 @@ def test_dev_and_test_stacks_run_side_by_side_and_dev_data_is_untouched(projects
             async def work() -> None:
                 conn = await asyncpg.connect(test_stack.postgres_url)
                 try:
-                    await conn.execute("CREATE DATABASE dashtam_test_gw0")
-                    await conn.execute("DROP DATABASE dashtam_test_gw0")
+                    await conn.execute("CREATE DATABASE dashtam_test")
                 finally:
                     await conn.close()
                 conn = await asyncpg.connect(test_stack.postgres_url.rsplit("/", 1)[0] + "/dashtam_test")
@@ -472,6 +481,55 @@ def test_dev_and_test_stacks_run_side_by_side_and_dev_data_is_untouched(projects
     assert container_ids(dev_project) == set()
     volumes = docker("volume", "ls", "--quiet", "--filter", f"label=com.docker.compose.project={dev_project}").stdout
     assert len(volumes.split()) == 2
+
+
+def test_the_app_suite_on_the_compose_backend_leaves_dev_data_untouched(projects: list[str]) -> None:
+    """The acceptance run of issue 5: the Dashtam suite on `--dashtam-backend=compose`, dev beside it."""
+    dev_project = new_project(projects, "dev-suite")
+    dev = make_backend(dev_project, env="dev", env_file="env/.env.dev.example")
+    dev_stack = dev.start()
+    try:
+        dev_db = dev_stack.postgres_url.rsplit("/", 1)[0] + "/dashtam"
+
+        async def seed() -> None:
+            conn = await asyncpg.connect(dev_db)
+            try:
+                await conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, name text)")
+                await conn.execute("INSERT INTO accounts SELECT g, md5(g::text) FROM generate_series(1, 100) AS g")
+            finally:
+                await conn.close()
+
+        asyncio.run(seed())
+        client = redis.Redis.from_url(dev_stack.redis_url + "/0")
+        client.set("oauth:state:dev", "keep me")
+        client.hset("provider:1", mapping={"alias": "checking"})
+        client.close()
+        dev_ids = container_ids(dev_project, running_only=True)
+        rows_before = asyncio.run(_dev_snapshot(dev_db))
+        keys_before = _redis_snapshot(dev_stack.redis_url)
+
+        # A clean child environment: no pytest/xdist/dashtam state of this run leaks into it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DASHTAM_"))}
+        env.update(
+            {k: v for k, v in os.environ.items() if k.startswith("DASHTAM_") and k.endswith(("_IMAGE", "_PORT"))}
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "tests/app", "-q", "-p", "no:cacheprovider", "--dashtam-backend=compose"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=500,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+        assert "dashtam: backend=compose" in run.stdout
+        assert " passed" in run.stdout
+
+        assert container_ids(dev_project, running_only=True) == dev_ids
+        assert asyncio.run(_dev_snapshot(dev_db)) == rows_before
+        assert _redis_snapshot(dev_stack.redis_url) == keys_before
+    finally:
+        dev.stop()
 
 
 # --------------------------------------------------------------------------- errors
