@@ -175,12 +175,19 @@ def parse_compose_version(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def parse_port_output(text: str) -> int | None:
-    """`docker compose port` prints `127.0.0.1:5433` (or `[::]:5433`, or nothing when unpublished)."""
+def parse_port_output(text: str) -> tuple[str, int] | None:
+    """(host to connect to, port) from `docker compose port`: `127.0.0.1:5433`, `[::]:6380`, or nothing.
+
+    A wildcard binding (0.0.0.0, ::) is reached through loopback; a specific address is used as is.
+    """
     for line in text.splitlines():
-        _host, sep, port = line.strip().rpartition(":")
-        if sep and port.isdigit() and int(port) > 0:
-            return int(port)
+        host, sep, port = line.strip().rpartition(":")
+        if not (sep and port.isdigit() and int(port) > 0):
+            continue
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return host, int(port)
     return None
 
 

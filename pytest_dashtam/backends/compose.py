@@ -78,6 +78,10 @@ _FALLBACK = "use --dashtam-backend=local instead (what --dashtam-backend=auto pi
 _QUICK = 20.0
 
 
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def docker_available(timeout: float = 1.5) -> bool:
     """True when a Docker engine answers within `timeout` and the compose v2 plugin is installed.
 
@@ -255,16 +259,16 @@ class ComposeBackend:
 
     def _describe(self, project: ComposeProject, assessment: Assessment, *, started: bool, timeout: float) -> Stack:
         postgres = assessment.containers[POSTGRES_SERVICE]
-        pg_port = self._host_port(project, POSTGRES_SERVICE, POSTGRES_PORT)
-        redis_port = self._host_port(project, REDIS_SERVICE, REDIS_PORT)
+        pg_host, pg_port = self._host_port(project, POSTGRES_SERVICE, POSTGRES_PORT)
+        redis_host, redis_port = self._host_port(project, REDIS_SERVICE, REDIS_PORT)
         # The container's own environment is the truth about its superuser, also when attaching to
         # a stack brought up with another env file; the env file is the fallback.
         file_values = self._env_file_values()
         user = postgres.env.get("POSTGRES_USER") or file_values.get("POSTGRES_USER") or "postgres"
         password = postgres.env.get("POSTGRES_PASSWORD", file_values.get("POSTGRES_PASSWORD", ""))
         auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-        postgres_url = f"postgresql://{auth}@127.0.0.1:{pg_port}/postgres"
-        redis_url = f"redis://127.0.0.1:{redis_port}"
+        postgres_url = f"postgresql://{auth}@{_netloc(pg_host, pg_port)}/postgres"
+        redis_url = f"redis://{_netloc(redis_host, redis_port)}"
         budget = max(timeout, 2.0)
         try:
             pg = postgres_facts(postgres_url, budget)
@@ -303,7 +307,7 @@ class ComposeBackend:
             details=details,
         )
 
-    def _host_port(self, project: ComposeProject, service: str, container_port: int) -> int:
+    def _host_port(self, project: ComposeProject, service: str, container_port: int) -> tuple[str, int]:
         result = self._docker(project.port(service, container_port))
         port = parse_port_output(result.stdout) if result.ok else None
         if port is None:

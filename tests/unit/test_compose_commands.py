@@ -500,8 +500,11 @@ def test_classify_up_failure(output: str, kind: str, service: str | None, port: 
 
 
 def test_small_parsers(tmp_path: Path) -> None:
-    assert parse_port_output("127.0.0.1:5433\n") == 5433
-    assert parse_port_output("[::]:6380\n") == 6380
+    assert parse_port_output("127.0.0.1:5433\n") == ("127.0.0.1", 5433)
+    assert parse_port_output("[::]:6380\n") == ("127.0.0.1", 6380)
+    assert parse_port_output("0.0.0.0:6380\n") == ("127.0.0.1", 6380)
+    assert parse_port_output("10.1.2.3:6380\n") == ("10.1.2.3", 6380)
+    assert parse_port_output("[::1]:6380\n") == ("::1", 6380)
     assert parse_port_output(":0\n") is None
     assert parse_port_output("") is None
     assert parse_compose_version("2.40.3") == (2, 40)
