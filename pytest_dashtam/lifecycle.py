@@ -288,7 +288,8 @@ class DashtamRun:
         backend = self._make_backend(name)
         self._backend = backend
         stack = backend.start()
-        self._started_here = True
+        # Only a stack this call brought up is ours to stop (not one attached to, not an external server).
+        self._started_here = stack.started
         return stack
 
     def _stack(self, name: BackendName) -> Stack:

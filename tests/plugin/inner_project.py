@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -55,6 +56,14 @@ class Inner:
     def databases(self) -> set[str]:
         with self.admin() as conn:
             return {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+    def redis_databases(self) -> int:
+        """How many logical databases the Redis server has (CONFIG GET databases)."""
+        return int(str(self.redis(0).config_get("databases")["databases"]))
+
+    def test_db(self, name: str) -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection to database `name` on the same server."""
+        return psycopg.connect(POSTGRES_URL.rsplit("/", 1)[0] + "/" + name, autocommit=True)
 
     def redis(self, index: int) -> redis.Redis:
         return redis.Redis.from_url(f"{REDIS_URL}/{index}", decode_responses=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from inner_project import INNER_DB, INNER_INDEX, POSTGRES_URL, Inner
+from inner_project import INNER_DB, INNER_INDEX, Inner
 
 PLANTED_KEY = "pytest-dashtam-safety-test-planted"
 
@@ -21,10 +21,12 @@ def planted(inner: Inner) -> Iterator[Inner]:
     kept = inner.run("test_basic.py", "-k", "settings", "--dashtam-keep")
     kept.assert_outcomes(passed=1)
     with inner.admin() as admin:
-        assert admin.execute(
+        row = admin.execute(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (INNER_DB,)
-        ).fetchone()[0].startswith("pytest-dashtam:")
-    with _test_db() as conn:
+        ).fetchone()
+    assert row is not None
+    assert str(row[0]).startswith("pytest-dashtam:")
+    with inner.test_db(INNER_DB) as conn:
         conn.execute("INSERT INTO items (name) VALUES ('planted')")
     inner.redis(INNER_INDEX).set(PLANTED_KEY, "1")
     yield inner
@@ -33,14 +35,8 @@ def planted(inner: Inner) -> Iterator[Inner]:
         admin.execute(f'DROP DATABASE IF EXISTS "{INNER_DB}" WITH (FORCE)')
 
 
-def _test_db():  # type: ignore[no-untyped-def]
-    import psycopg
-
-    return psycopg.connect(POSTGRES_URL.rsplit("/", 1)[0] + "/" + INNER_DB, autocommit=True)
-
-
 def _untouched(inner: Inner) -> None:
-    with _test_db() as conn:
+    with inner.test_db(INNER_DB) as conn:
         assert conn.execute("SELECT name FROM items").fetchall() == [("planted",)]
     assert inner.redis(INNER_INDEX).get(PLANTED_KEY) == "1"
 
@@ -110,7 +106,7 @@ def test_redis_index_must_not_be_the_dev_index(inner: Inner) -> None:
 
 
 def test_redis_index_must_exist(planted: Inner) -> None:
-    databases = int(planted.redis(0).config_get("databases")["databases"])
+    databases = planted.redis_databases()
     _refused(
         planted.run("test_basic.py", f"--dashtam-redis-index={databases}"),
         f"*need Redis indexes {databases}-{databases} but the server has {databases} databases*",
@@ -126,15 +122,13 @@ def test_an_unstamped_database_is_never_dropped(inner: Inner) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{foreign}"')  # left by an earlier run of this test only
         admin.execute(f'CREATE DATABASE "{foreign}"')
     try:
-        import psycopg
-
-        with psycopg.connect(POSTGRES_URL.rsplit("/", 1)[0] + "/" + foreign, autocommit=True) as conn:
+        with inner.test_db(foreign) as conn:
             conn.execute("CREATE TABLE precious (v text); INSERT INTO precious VALUES ('keep me')")
         _refused(
             inner.run("test_basic.py"),
             f"*refusing to drop database '{foreign}': it exists but was not created by pytest-dashtam*",
         )
-        with psycopg.connect(POSTGRES_URL.rsplit("/", 1)[0] + "/" + foreign, autocommit=True) as conn:
+        with inner.test_db(foreign) as conn:
             assert conn.execute("SELECT v FROM precious").fetchall() == [("keep me",)]
     finally:
         with inner.admin() as admin:

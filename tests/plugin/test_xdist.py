@@ -32,7 +32,7 @@ def test_two_workers(inner: Inner) -> None:
 
 def test_capacity_is_checked_before_starting(inner: Inner) -> None:
     inner.copy()
-    databases = int(inner.redis(0).config_get("databases")["databases"])
+    databases = inner.redis_databases()
     base = databases - 1  # two workers need base and base + 1
     result = inner.run("-n", "2", "test_basic.py", f"--dashtam-redis-index={base}")
     result.assert_outcomes(errors=4, passed=2)

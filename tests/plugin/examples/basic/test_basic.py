@@ -1,10 +1,19 @@
+from __future__ import annotations
+
+from typing import Any
+
 import pytest
 from exampleapp import Item
+from httpx import AsyncClient
+from redis.asyncio import Redis
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pytest_dashtam.backends.base import Stack
 
 
 @pytest.mark.asyncio
-async def test_commit_is_rolled_back_afterwards(db_session, redis_client):
+async def test_commit_is_rolled_back_afterwards(db_session: AsyncSession, redis_client: Redis) -> None:
     db_session.add(Item(name="first"))
     await db_session.commit()
     assert (await db_session.scalars(select(Item.name))).all() == ["first"]
@@ -12,13 +21,15 @@ async def test_commit_is_rolled_back_afterwards(db_session, redis_client):
 
 
 @pytest.mark.asyncio
-async def test_next_test_sees_nothing(db_session, redis_client):
+async def test_next_test_sees_nothing(db_session: AsyncSession, redis_client: Redis) -> None:
     assert (await db_session.scalars(select(Item.name))).all() == []
     assert await redis_client.get("k") is None
 
 
 @pytest.mark.asyncio
-async def test_client_uses_the_test_session(client, db_session, redis_client):
+async def test_client_uses_the_test_session(
+    client: AsyncClient, db_session: AsyncSession, redis_client: Redis
+) -> None:
     response = await client.post("/items/apple")
     assert response.status_code == 200, response.text
     item_id = response.json()["id"]
@@ -27,7 +38,7 @@ async def test_client_uses_the_test_session(client, db_session, redis_client):
     assert (await client.get("/items")).json() == ["apple"]
 
 
-def test_settings_point_at_the_worker(dashtam_settings, dashtam_stack):
+def test_settings_point_at_the_worker(dashtam_settings: Any, dashtam_stack: Stack) -> None:
     import os
 
     worker = os.environ.get("PYTEST_XDIST_WORKER")
@@ -39,11 +50,11 @@ def test_settings_point_at_the_worker(dashtam_settings, dashtam_stack):
     assert dashtam_stack.postgres_version
 
 
-def test_client_overrides_are_removed_afterwards():
+def test_client_overrides_are_removed_afterwards() -> None:
     from exampleapp import app
 
     assert app.dependency_overrides == {}
 
 
-def test_without_the_stack_needs_nothing():
+def test_without_the_stack_needs_nothing() -> None:
     assert True
