@@ -179,7 +179,7 @@ def main() -> None:
     peer_redis = statistics.median(peers["redis"])
     peer_both = peer_pg + peer_redis
     print(f"\nmedian of {args.runs} runs (cold: of {args.cold_runs}), seconds to both servers ready:")
-    print(f"  local backend, cold (initdb + cache fill) {cold:8.3f}")
+    print(f"  local backend, cold (initdb, empty cache)  {cold:8.3f}")
     print(f"  local backend, warm (cached cluster)      {warm:8.3f}")
     print(f"  pytest-postgresql PostgreSQLExecutor      {peer_pg:8.3f}")
     print(f"  pytest-redis RedisExecutor                {peer_redis:8.3f}")
