@@ -85,7 +85,13 @@ class ProcRef:
     def _group_has_members(self) -> bool:
         # While any process is in group G, Linux will not hand out G as a new PID, so members of a
         # group whose leader died are still ours.
-        return any(entry.name.isdigit() and process_group(int(entry.name)) == self.pid for entry in os.scandir("/proc"))
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                fields = _stat_fields(int(entry.name))
+                # Zombies are dead already (their parent has yet to reap them): nothing to signal.
+                if fields is not None and int(fields[2]) == self.pid and fields[0] not in ("Z", "X"):
+                    return True
+        return False
 
     def signal_group(self, sig: int) -> bool:
         """Send `sig` to the process group we started (leader = this PID); True if anything got it.

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +124,21 @@ def test_root_picks_an_unprivileged_user() -> None:
     assert run_as is not None
     assert run_as.uid != 0
     assert run_as.name in {"postgres", "nobody"}
+
+
+def test_group_of_a_dead_leader_is_still_cleaned_up() -> None:
+    """A PostgreSQL backend can outlive its killed postmaster; its group is still ours to kill."""
+    leader = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, start_new_session=True)
+    assert leader.stdout is not None
+    member = int(leader.stdout.readline())
+    ref = ProcRef.of(leader.pid)
+    os.kill(leader.pid, signal.SIGKILL)
+    leader.wait(5)
+    assert _local_procs.process_group(member) == leader.pid  # orphaned, still in the group
+    assert ref.signal_group(signal.SIGKILL) is True
+    for _ in range(500):
+        if _local_procs.process_start_time(member) is None:
+            break
+        time.sleep(0.01)
+    assert _local_procs.process_start_time(member) is None
+    assert ref.signal_group(signal.SIGKILL) is False  # nothing left: nothing signalled
