@@ -483,8 +483,23 @@ def test_dev_and_test_stacks_run_side_by_side_and_dev_data_is_untouched(projects
     assert len(volumes.split()) == 2
 
 
-def test_the_app_suite_on_the_compose_backend_leaves_dev_data_untouched(projects: list[str]) -> None:
-    """The acceptance run of issue 5: the Dashtam suite on `--dashtam-backend=compose`, dev beside it."""
+def test_the_app_suite_on_the_compose_backend_leaves_dev_data_untouched(projects: list[str], tmp_path: Path) -> None:
+    """The acceptance run of issue 5: the Dashtam suite on `--dashtam-backend=compose`, dev beside it.
+
+    When this session itself runs on the compose backend (CI), the inner run attaches to that same
+    `dashtam-test` stack; its own test database name and Redis index keep the two runs apart.
+    """
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    lines = []
+    for line in (REPO / "env" / ".env.test").read_text().splitlines():
+        if line.startswith("DATABASE_URL="):
+            line = line.rsplit("/", 1)[0] + "/dashtam_test_compose_it"
+        elif line.startswith("REDIS_URL="):
+            line = line.rsplit("/", 1)[0] + "/7"
+        lines.append(line)
+    (env_dir / ".env.test").write_text("\n".join(lines) + "\n")
+    (env_dir / ".env.dev.example").write_text((REPO / "env" / ".env.dev.example").read_text())
     dev_project = new_project(projects, "dev-suite")
     dev = make_backend(dev_project, env="dev", env_file="env/.env.dev.example")
     dev_stack = dev.start()
@@ -514,7 +529,17 @@ def test_the_app_suite_on_the_compose_backend_leaves_dev_data_untouched(projects
             {k: v for k, v in os.environ.items() if k.startswith("DASHTAM_") and k.endswith(("_IMAGE", "_PORT"))}
         )
         run = subprocess.run(
-            [sys.executable, "-m", "pytest", "tests/app", "-q", "-p", "no:cacheprovider", "--dashtam-backend=compose"],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "tests/app",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--dashtam-backend=compose",
+                f"--dashtam-env-file={env_dir / '.env.test'}",
+            ],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -523,6 +548,7 @@ def test_the_app_suite_on_the_compose_backend_leaves_dev_data_untouched(projects
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
         assert "dashtam: backend=compose" in run.stdout
+        assert "database dashtam_test_compose_it " in run.stdout
         assert " passed" in run.stdout
 
         assert container_ids(dev_project, running_only=True) == dev_ids
