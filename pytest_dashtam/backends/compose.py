@@ -114,8 +114,9 @@ class ComposeBackend:
         owner_pid: int | None = None,
         run_id: str | None = None,
     ) -> None:
-        """`owner_pid`: the process whose death makes the stack garbage (default: this one). Under
-        xdist the plugin may pass the controller's PID so a worker's exit does not orphan the stack.
+        """`owner_pid`: the process whose death makes the stack garbage (default: this one), for a
+        caller that starts the stack on behalf of a longer-lived process (e.g. an xdist controller).
+        `run_id`: recorded in the labels (default: a fresh random id).
         """
         self.options = options
         self.env: EnvName = options.env
@@ -135,6 +136,8 @@ class ComposeBackend:
 
     def start(self) -> Stack:
         """Attach to this project's healthy stack, or reap a dead owner's and bring up a fresh one."""
+        if self._stack is not None:
+            return self._stack  # a second call must not turn the stack this object started into "attached"
         self._check_files()
         self._check_engine()
         deadline = time.monotonic() + self.options.timeout

@@ -186,6 +186,7 @@ def test_start_gives_a_tuned_stack_on_loopback_and_stop_removes_everything(proje
     stack = backend.start()
     try:
         assert stack.started is True
+        assert backend.start() is stack  # a second call neither starts nor "attaches"
         assert stack.owns_servers is True
         assert stack.backend == "compose"
         assert stack.env == "test"
