@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from pytest_dashtam.backends.base import Stack
     from pytest_dashtam.config import PluginConfig
-    from pytest_dashtam.isolation import LoopEngines, WriteTracker
+    from pytest_dashtam.isolation import LoopEngines, LoopRedisPools, WriteTracker
 
 RUN_KEY = pytest.StashKey[DashtamRun]()
 CONFIG_ERROR_KEY = pytest.StashKey[ConfigError]()
@@ -162,14 +162,26 @@ async def db_session(request: pytest.FixtureRequest, _dashtam_engines: LoopEngin
         await isolated.close()
 
 
+@pytest.fixture(scope="session")
+def _dashtam_redis_pools(_dashtam_prepared: Prepared) -> Iterator[LoopRedisPools]:
+    from pytest_dashtam.isolation import LoopRedisPools
+
+    pools = LoopRedisPools(_dashtam_prepared.redis_url)
+    yield pools
+    pools.close()
+
+
 @pytest_asyncio.fixture
-async def redis_client(_dashtam_prepared: Prepared, _dashtam_run: DashtamRun) -> AsyncIterator[Redis]:
+async def redis_client(
+    _dashtam_prepared: Prepared, _dashtam_run: DashtamRun, _dashtam_redis_pools: LoopRedisPools
+) -> AsyncIterator[Redis]:
     """A redis.asyncio client on this worker's index (str values), FLUSHDB on that index after the test."""
     from redis.asyncio import Redis
 
     from pytest_dashtam.isolation import flush_test_index
 
-    client = Redis.from_url(_dashtam_prepared.redis_url, decode_responses=True)
+    # A client per test over the loop's pool: closing it (aclose) leaves the pool's connections alone.
+    client = Redis(connection_pool=await _dashtam_redis_pools.get())
     try:
         yield client
     finally:

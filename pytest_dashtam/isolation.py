@@ -24,18 +24,19 @@ import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pytest_dashtam.errors import SafetyError
 from pytest_dashtam.safety import check_redis_index, check_test_name, database_name_from_url, raise_for
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import ConnectionPool, Redis
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # One test holds one connection (its session and the app's requests share it); a few more for tests that
 # open their own, and for real-commit tests whose session checks out per transaction.
@@ -64,69 +65,112 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(lambda: asyncio.Runner(loop_factory=asyncio.new_event_loop).run(main())).result()
 
 
-# --- engines per event loop --------------------------------------------------------------------------------
+# --- one resource per event loop ------------------------------------------------------------------------
 
 
 @dataclass
-class _LoopEntry:
+class _LoopEntry(Generic[R]):
     loop: weakref.ReferenceType[asyncio.AbstractEventLoop]
-    engine: AsyncEngine
+    value: R
     watcher: AsyncIterator[None] | None = None
-    disposed: bool = False
+    closed: bool = False
 
 
-class LoopEngines:
-    """One pooled `AsyncEngine` on the test database per event loop, disposed when its loop shuts down."""
+class PerLoop(Generic[R]):
+    """One `R` per event loop, made on first use in that loop and closed inside it when the loop shuts down.
+
+    The closing is an async generator parked in the loop: `loop.shutdown_asyncgens()` (called by
+    `asyncio.Runner`, hence by pytest-asyncio, before a loop closes) resumes it, so the resource is closed
+    by the loop that owns its connections.
+    """
+
+    def __init__(self, create: Callable[[], R], close: Callable[[R], Awaitable[None]]) -> None:
+        self._create = create
+        self._close = close
+        self._entries: dict[int, _LoopEntry[R]] = {}
+        self.created = 0
+
+    async def get(self) -> R:
+        """The resource of the running loop."""
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(id(loop))
+        if entry is not None and entry.loop() is loop and not entry.closed:
+            return entry.value
+        entry = _LoopEntry(weakref.ref(loop), self._create())
+        self._entries[id(loop)] = entry
+        self.created += 1
+        entry.watcher = self._watch(id(loop), entry)
+        await anext(entry.watcher)
+        return entry.value
+
+    async def _watch(self, key: int, entry: _LoopEntry[R]) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+            if not entry.closed:
+                entry.closed = True
+                await self._close(entry.value)
+
+    def values(self) -> list[R]:
+        """The resources alive now."""
+        return [e.value for e in self._entries.values() if not e.closed]
+
+    def close(self) -> None:
+        """Close the resources of loops still open and idle; a closed loop's connections are already gone."""
+        for key, entry in list(self._entries.items()):
+            loop = entry.loop()
+            self._entries.pop(key, None)
+            if entry.closed or entry.watcher is None:
+                continue
+            if loop is not None and not loop.is_closed() and not loop.is_running():
+                watcher = entry.watcher
+                loop.run_until_complete(watcher.aclose())  # type: ignore[attr-defined]
+            entry.closed = True
+
+
+class LoopEngines(PerLoop["AsyncEngine"]):
+    """One pooled `AsyncEngine` on the test database per event loop."""
 
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         name = database_name_from_url(url)
         # Everything this class creates can reach DELETE: refuse a non-test database outright.
         raise_for([v for v in (check_test_name(name, ""),) if v is not None])
         self.url = url
-        self._kwargs: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW, **engine_kwargs}
-        self._entries: dict[int, _LoopEntry] = {}
-        self.created = 0
+        kwargs: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW, **engine_kwargs}
+
+        def create() -> AsyncEngine:
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            return create_async_engine(url, **kwargs)
+
+        async def close(engine: AsyncEngine) -> None:
+            await engine.dispose()
+
+        super().__init__(create, close)
 
     async def engine(self) -> AsyncEngine:
-        """The engine for the running loop (created, and its disposal arranged, on first use in that loop)."""
-        loop = asyncio.get_running_loop()
-        entry = self._entries.get(id(loop))
-        if entry is not None and entry.loop() is loop and not entry.disposed:
-            return entry.engine
-        from sqlalchemy.ext.asyncio import create_async_engine
-
-        entry = _LoopEntry(weakref.ref(loop), create_async_engine(self.url, **self._kwargs))
-        self._entries[id(loop)] = entry
-        self.created += 1
-        entry.watcher = self._watch(id(loop), entry)
-        await anext(entry.watcher)  # parked in this loop: shutdown_asyncgens() resumes it to dispose
-        return entry.engine
-
-    async def _watch(self, key: int, entry: _LoopEntry) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            if self._entries.get(key) is entry:
-                del self._entries[key]
-            if not entry.disposed:
-                entry.disposed = True
-                await entry.engine.dispose()
+        """The engine for the running loop."""
+        return await self.get()
 
     def engines(self) -> list[AsyncEngine]:
-        """The engines alive now (for write tracking)."""
-        return [e.engine for e in self._entries.values() if not e.disposed]
+        return self.values()
 
-    def close(self) -> None:
-        """Dispose engines whose loop is still open and idle; a closed loop's connections are already gone."""
-        for key, entry in list(self._entries.items()):
-            loop = entry.loop()
-            self._entries.pop(key, None)
-            if entry.disposed or entry.watcher is None:
-                continue
-            if loop is not None and not loop.is_closed() and not loop.is_running():
-                watcher = entry.watcher
-                loop.run_until_complete(watcher.aclose())  # type: ignore[attr-defined]
-            entry.disposed = True
+
+class LoopRedisPools(PerLoop["ConnectionPool"]):
+    """One Redis connection pool on the test index per event loop: no connect/HELLO/SELECT per test."""
+
+    def __init__(self, url: str) -> None:
+        def create() -> ConnectionPool:
+            from redis.asyncio import ConnectionPool
+
+            return ConnectionPool.from_url(url, decode_responses=True)
+
+        async def close(pool: ConnectionPool) -> None:
+            await pool.disconnect()
+
+        super().__init__(create, close)
 
 
 # --- the per-test session -------------------------------------------------------------------------------
@@ -399,4 +443,8 @@ async def flush_test_index(client: Redis, index: int, dev_index: int) -> None:
             f"refusing FLUSHDB: the Redis client is on index {actual}, the test index is {index}; "
             "do not change the client's database inside a test"
         )
-    await client.flushdb()
+    # SELECT in the same MULTI: whatever a test did to its connection, FLUSHDB runs on the test index.
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.execute_command("SELECT", index)
+        pipe.flushdb()
+        await pipe.execute()
