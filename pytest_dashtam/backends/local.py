@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import json
 import os
 import secrets
 import shutil
@@ -82,6 +83,38 @@ def dev_port(server: str) -> int:
     if not 0 < port < 65536:
         raise BackendError(f"{var}={raw!r} is out of range: set it to a free TCP port")
     return port
+
+
+def dev_ports(state_dir: Path) -> dict[str, int]:
+    """The dev servers' ports: a DASHTAM_DEV_*_PORT variable if set (it must be free); else the ports this
+    dev cluster used before; else the standard ports if free; else free ones, remembered from then on.
+
+    The standard ports are often held by a developer's own servers (on CI machines they are), and the
+    dev environment must still come up with one command; remembering the choice keeps the dev URLs
+    stable across restarts. The app started by `dashtam-env up dev` is given the actual URLs.
+    """
+    record = state_dir / "dev-ports.json"
+    try:
+        remembered = {k: int(v) for k, v in json.loads(record.read_text()).items() if k in DEV_PORT_VARS}
+    except (OSError, ValueError, TypeError, AttributeError):
+        remembered = {}
+    ports: dict[str, int] = {}
+    for server, (var, default) in DEV_PORT_VARS.items():
+        if os.environ.get(var):
+            port = dev_port(server)
+            if not port_is_free(port):
+                raise BackendError(
+                    f"port {port} for the dev {server} server is taken by another process: set {var} to a free port"
+                )
+        else:
+            candidates = [p for p in (remembered.get(server), default) if p is not None]
+            free = [p for p in candidates if port_is_free(p)]
+            port = free[0] if free else pick_free_ports(1, exclude=set(ports.values()))[0]
+        ports[server] = port
+    if ports != remembered:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(ports))
+    return ports
 
 
 def _tmpfs_usable() -> bool:
@@ -209,13 +242,7 @@ class LocalBackend:
         run_id = "dev" if dev else f"{os.getpid()}-{secrets.token_hex(3)}"
         paths = self._layout(run_id, run_as)
         if dev:
-            ports = {"postgres": dev_port("postgres"), "redis": dev_port("redis")}
-            for server, port in ports.items():
-                if not port_is_free(port):
-                    var = DEV_PORT_VARS[server][0]
-                    raise BackendError(
-                        f"port {port} for the dev {server} server is taken by another process: set {var} to a free port"
-                    )
+            ports = dev_ports(self.state_dir)
         else:
             pg_port, redis_port = pick_free_ports(2)
             ports = {"postgres": pg_port, "redis": redis_port}
