@@ -131,8 +131,7 @@ class ComposeProject:
         return [*self.base(), "up", "--detach", "--wait", "--wait-timeout", str(seconds), "--quiet-pull"]
 
     def down(self, *, volumes: bool) -> list[str]:
-        args = [*self.base(), "down", "--remove-orphans", "--timeout", "5"]
-        return [*args, "--volumes"] if volumes else args
+        return [*self.base(), *_down_tail(volumes)]
 
     def port(self, service: str, container_port: int) -> list[str]:
         return [*self.base(), "port", service, str(container_port)]
@@ -149,8 +148,17 @@ class ComposeProject:
 
 def down_by_name(project: str, *, volumes: bool) -> list[str]:
     """Take down a project found by its labels, without its compose files (they may be gone)."""
-    args = [DOCKER, "compose", "--project-name", project, "down", "--remove-orphans", "--timeout", "5"]
-    return [*args, "--volumes"] if volumes else args
+    return [DOCKER, "compose", "--project-name", project, *_down_tail(volumes)]
+
+
+def _down_tail(volumes: bool) -> list[str]:
+    """`down` for a throw-away stack (volumes removed) gives its containers 1 s to stop: a server
+    caught mid-initdb ignores SIGINT (the entrypoint shell is PID 1) and would cost the full stop
+    timeout for data nobody keeps. A stack whose volumes stay (dev) gets 10 s to shut down cleanly.
+    """
+    if volumes:
+        return ["down", "--remove-orphans", "--timeout", "1", "--volumes"]
+    return ["down", "--remove-orphans", "--timeout", "10"]
 
 
 def engine_version_args() -> list[str]:

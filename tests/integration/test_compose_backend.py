@@ -380,6 +380,34 @@ def test_a_live_owners_stack_is_never_touched(projects: list[str], tmp_path: Pat
         owner.close()
 
 
+def test_ctrl_c_during_up_leaves_nothing_behind(projects: list[str], tmp_path: Path) -> None:
+    project = new_project(projects, "ctrlc")
+    script = tmp_path / "interrupted.py"
+    script.write_text(OWNER_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(REPO), project, "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Interrupt as soon as compose has created the containers, while `up --wait` still waits.
+        deadline = time.monotonic() + 60
+        while not container_ids(project) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert container_ids(project), "compose never created the containers"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "READY" not in out, "the stack was already healthy when the interrupt arrived; nothing was tested"
+    assert "KeyboardInterrupt" in err
+    assert container_ids(project) == set()
+    assert docker("network", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}").stdout == ""
+
+
 # --------------------------------------------------------------------------- dev beside test
 
 

@@ -127,8 +127,8 @@ def test_project_commands_are_argument_lists_with_absolute_files() -> None:
     ]
     assert project.up(29.2) == [*base, "up", "--detach", "--wait", "--wait-timeout", "30", "--quiet-pull"]
     assert project.up(0.1)[-2] == "1"
-    assert project.down(volumes=True) == [*base, "down", "--remove-orphans", "--timeout", "5", "--volumes"]
-    assert project.down(volumes=False) == [*base, "down", "--remove-orphans", "--timeout", "5"]
+    assert project.down(volumes=True) == [*base, "down", "--remove-orphans", "--timeout", "1", "--volumes"]
+    assert project.down(volumes=False) == [*base, "down", "--remove-orphans", "--timeout", "10"]
     assert project.port("postgres", 5432) == [*base, "port", "postgres", "5432"]
     assert project.logs(20, "redis") == [*base, "logs", "--no-color", "--no-log-prefix", "--tail", "20", "redis"]
     assert project.logs(200) == [*base, "logs", "--no-color", "--tail", "200"]
@@ -140,7 +140,7 @@ def test_project_commands_are_argument_lists_with_absolute_files() -> None:
         "down",
         "--remove-orphans",
         "--timeout",
-        "5",
+        "1",
         "--volumes",
     ]
 
@@ -204,7 +204,7 @@ def test_up_runs_with_owner_labels_and_env_file_winning_over_the_shell(
     assert len(env["DASHTAM_STACK_RUN_ID"]) == 12
     assert env["DASHTAM_ENV_FILE"] == str(REPO / "env" / ".env.test")
     # What the failed `up` created is taken down again, volumes included (a test stack).
-    assert calls[-1]["argv"][-5:] == ["down", "--remove-orphans", "--timeout", "5", "--volumes"]
+    assert calls[-1]["argv"][-5:] == ["down", "--remove-orphans", "--timeout", "1", "--volumes"]
     assert "--project-name" in calls[-1]["argv"]
     assert "unit-up" in calls[-1]["argv"]
 
@@ -400,7 +400,7 @@ def test_reaping_takes_down_only_dead_owners_test_stacks(fake_docker: FakeDocker
         backend(tmp_path, project_name="unit-reaper").start()
     downs = [a for a in fake_docker.argvs() if "down" in a and "--file" not in a]
     assert downs == [
-        ["compose", "--project-name", "crashed", "down", "--remove-orphans", "--timeout", "5", "--volumes"]
+        ["compose", "--project-name", "crashed", "down", "--remove-orphans", "--timeout", "1", "--volumes"]
     ]
 
 
