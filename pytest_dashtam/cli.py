@@ -200,9 +200,10 @@ async def _provision_dev(stack: Stack, env: Env) -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _print_stack(stack: Stack, env: Env) -> None:
-    how = "started" if stack.started else "attached to"
-    _say(f"{env.name}: {how} {stack.backend} stack")
+def _print_stack(stack: Stack, env: Env, *, headline: bool = True) -> None:
+    if headline:
+        how = "started" if stack.started else "attached to"
+        _say(f"{env.name}: {how} {stack.backend} stack")
     _say(f"  postgres {stack.postgres_version}: {mask_url(app_database_url(stack, env))}")
     _say(f"  redis {stack.redis_version}: {app_redis_url(stack, env)}")
     if stack.tuning:
@@ -234,7 +235,12 @@ def run_apps(stack: Stack, env: Env) -> int:
         "api": [*uvicorn, "--port", str(api_port), "dashtam.main:app"],
         "callback": [*uvicorn, "--port", str(callback_port), "dashtam.callback:app"],
     }
-    procs = {name: subprocess.Popen(cmd, env=environ, cwd=env.root) for name, cmd in commands.items()}
+    # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops each server once
+    # (a second SIGINT makes uvicorn abort its shutdown with a traceback).
+    procs = {
+        name: subprocess.Popen(cmd, env=environ, cwd=env.root, start_new_session=True)
+        for name, cmd in commands.items()
+    }
     _say(f"api on http://127.0.0.1:{api_port}, callback on http://127.0.0.1:{callback_port}; Ctrl-C stops them")
     stopping = False
 
@@ -259,7 +265,7 @@ def run_apps(stack: Stack, env: Env) -> int:
         signal.signal(signal.SIGTERM, previous)
         for proc in procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.terminate()  # uvicorn shuts down gracefully on SIGTERM
         for proc in procs.values():
             try:
                 proc.wait(timeout=10)
@@ -311,7 +317,7 @@ def cmd_status(envs: Sequence[Env], backend_choice: BackendChoice, *, timeout: f
         if status.since:
             since = " since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.since))
         _say(f"{env.name}: running on the {name} backend{since}")
-        _print_stack(status.stack, env)
+        _print_stack(status.stack, env, headline=False)
     return 0
 
 
