@@ -8,21 +8,41 @@ from collections.abc import Iterator
 
 import pytest
 from filelock import FileLock
-from inner_project import POSTGRES_URL, REDIS_URL, Inner
+from inner_project import Inner
+
+from pytest_dashtam.backends import get_backend
+from pytest_dashtam.backends.base import BackendOptions
 
 pytest_plugins = ["pytester"]
 # The inner projects are run by the tests here, never collected by the outer run.
 collect_ignore = ["examples"]
 
 
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(admin PostgreSQL URL, Redis URL) for the inner runs: the CI's/user's servers if named, else our own."""
+    postgres_url, redis_url = os.environ.get("DASHTAM_POSTGRES_URL"), os.environ.get("DASHTAM_REDIS_URL")
+    if postgres_url and redis_url:
+        yield postgres_url, redis_url
+        return
+    root = tmp_path_factory.mktemp("inner-stack")
+    backend = get_backend("local", BackendOptions(env="test", project_root=root, state_dir=root / "state"))
+    stack = backend.start()
+    try:
+        yield stack.postgres_url, stack.redis_url
+    finally:
+        backend.stop()
+
+
 @pytest.fixture
-def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[Inner]:
-    """An inner project on the machine's servers, alone on them while it runs."""
+def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, servers: tuple[str, str]) -> Iterator[Inner]:
+    """An inner project on the session's servers, alone on them while it runs."""
     for key in list(os.environ):
-        if key.startswith("DASHTAM_") or key.startswith("PYTEST_XDIST"):
+        if key.startswith(("DASHTAM_", "PYTEST_XDIST")):
             monkeypatch.delenv(key)
+    postgres_url, redis_url = servers
     monkeypatch.setenv("DASHTAM_BACKEND", "external")
-    monkeypatch.setenv("DASHTAM_POSTGRES_URL", POSTGRES_URL)
-    monkeypatch.setenv("DASHTAM_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("DASHTAM_POSTGRES_URL", postgres_url)
+    monkeypatch.setenv("DASHTAM_REDIS_URL", redis_url)
     with FileLock(os.path.join(tempfile.gettempdir(), "pytest-dashtam-plugin-tests.lock")):
-        yield Inner(pytester, monkeypatch)
+        yield Inner(pytester, monkeypatch, postgres_url, redis_url)

@@ -1,25 +1,25 @@
 """Inner pytest projects for the plugin's pytester tests: copied from examples/, run in a subprocess.
 
-The inner runs use the external backend on this machine's servers (or the servers CI names in
-DASHTAM_POSTGRES_URL / DASHTAM_REDIS_URL). They share one test database name and Redis indexes 9-10, so
-they take a file lock: two inner runs at once (an outer `pytest -n 2`) would drop each other's database.
+The inner runs use the external backend, pointed at the servers the outer session provides (conftest.py's
+`servers`): the ones named in DASHTAM_POSTGRES_URL / DASHTAM_REDIS_URL when set, else a private stack the
+local backend starts for the session. They share one test database name and Redis indexes 9-10, so they
+take a file lock: two inner runs at once (an outer `pytest -n 2` on shared servers) would drop each
+other's database.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 import redis
 
 EXAMPLES = Path(__file__).parent / "examples"
-POSTGRES_URL = os.environ.get("DASHTAM_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = os.environ.get("DASHTAM_REDIS_URL") or "redis://127.0.0.1:6379"
 INNER_DB = "dashtam_test_plugin"
 INNER_INDEX = 9
 
@@ -30,6 +30,8 @@ class Inner:
 
     pytester: pytest.Pytester
     monkeypatch: pytest.MonkeyPatch
+    postgres_url: str
+    redis_url: str
 
     def copy(self, name: str = "basic") -> Path:
         shutil.copytree(EXAMPLES / name, self.pytester.path, dirs_exist_ok=True)
@@ -50,8 +52,20 @@ class Inner:
         return self.pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=240)
 
     # --- the servers, seen from outside the inner run ---
-    def admin(self) -> psycopg.Connection:
-        return psycopg.connect(POSTGRES_URL, autocommit=True)
+    @property
+    def postgres_port(self) -> int:
+        return urlsplit(self.postgres_url).port or 5432
+
+    @property
+    def redis_port(self) -> int:
+        return urlsplit(self.redis_url).port or 6379
+
+    def admin(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self.postgres_url, autocommit=True)
+
+    def test_db(self, name: str) -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection to database `name` on the same server."""
+        return psycopg.connect(self.postgres_url, dbname=name, autocommit=True)
 
     def databases(self) -> set[str]:
         with self.admin() as conn:
@@ -61,9 +75,5 @@ class Inner:
         """How many logical databases the Redis server has (CONFIG GET databases)."""
         return int(str(self.redis(0).config_get("databases")["databases"]))
 
-    def test_db(self, name: str) -> psycopg.Connection[tuple[Any, ...]]:
-        """A connection to database `name` on the same server."""
-        return psycopg.connect(POSTGRES_URL.rsplit("/", 1)[0] + "/" + name, autocommit=True)
-
     def redis(self, index: int) -> redis.Redis:
-        return redis.Redis.from_url(f"{REDIS_URL}/{index}", decode_responses=True)
+        return redis.Redis.from_url(f"{self.redis_url.rstrip('/')}/{index}", decode_responses=True)

@@ -30,7 +30,7 @@ def test_cli_flags_and_masked_urls_in_the_header(inner: Inner) -> None:
     result.stdout.fnmatch_lines(
         [
             "dashtam: postgres_url=postgresql://postgres:***@127.0.0.1:5432/postgres (from DASHTAM_POSTGRES_URL), "
-            "redis_url=redis://127.0.0.1:6379 (from DASHTAM_REDIS_URL)",
+            f"redis_url={inner.redis_url} (from DASHTAM_REDIS_URL)",
             "dashtam: keep=True (from --dashtam-keep), rebuild=True (from --dashtam-rebuild), alembic_ini=None*",
         ]
     )

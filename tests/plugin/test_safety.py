@@ -85,8 +85,8 @@ def test_host_must_be_local(planted: Inner) -> None:
     host = socket.gethostname()
     result = planted.run(
         "test_basic.py",
-        f"--dashtam-postgres-url=postgresql://postgres@{host}:5432/postgres",
-        f"--dashtam-redis-url=redis://{host}:6379",
+        f"--dashtam-postgres-url=postgresql://postgres@{host}:{planted.postgres_port}/postgres",
+        f"--dashtam-redis-url=redis://{host}:{planted.redis_port}",
     )
     if "did not answer" in result.stdout.str():
         pytest.skip(f"the servers do not listen on {host}'s address")
