@@ -191,6 +191,9 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    run_dir = config.stash.get(RUN_DIR_KEY, None)
+    if run_dir is not None:  # xdist controller: the workers are gone, so is what they shared
+        shutil.rmtree(run_dir, ignore_errors=True)
     saved = config.stash.get(SAVED_ENV_KEY, None)
     if saved is not None:
         restore_env(saved)
@@ -316,7 +319,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         reports = [run.report()]
     elif run_dir is not None:
         reports = [r for r in _worker_reports(run_dir) if r]
-        shutil.rmtree(run_dir, ignore_errors=True)
         if reports:
             lines.extend(describe_report(reports[0]))
     lines.extend(f"dashtam: teardown problem: {p}" for p in config.stash.get(PROBLEMS_KEY, []))
