@@ -273,10 +273,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"dashtam: postgres_url={mask_url(c.postgres_url)} (from {c.source('postgres_url')}), "
             f"redis_url={mask_url(c.redis_url)} (from {c.source('redis_url')})"
         )
-    flags = [c.describe(n) for n in ("keep", "rebuild", "alembic_ini") if c.source(n) != "default"]
-    if flags:
-        lines.append("dashtam: " + ", ".join(flags))
+    if config.get_verbosity() > 0:  # -v: every option, and where it came from
+        lines.extend(f"dashtam:   {_describe_masked(c, o.name)}" for o in OPTIONS)
+    else:
+        flags = [c.describe(n) for n in ("keep", "rebuild", "alembic_ini") if c.source(n) != "default"]
+        if flags:
+            lines.append("dashtam: " + ", ".join(flags))
     return lines
+
+
+def _describe_masked(c: PluginConfig, name: str) -> str:
+    if name in ("postgres_url", "redis_url") and getattr(c, name):
+        from pytest_dashtam.urls import mask_url
+
+        source = c.source(name)
+        return f"{name}={mask_url(getattr(c, name))} ({'default' if source == 'default' else 'from ' + source})"
+    return c.describe(name)
 
 
 # --- the end ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from inner_project import INNER_DB, Inner
 
 
@@ -82,3 +83,58 @@ def test_unconfigured_project_leaves_the_plugin_idle(inner: Inner) -> None:
     result = inner.run("-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["dashtam: *, idle: the test env file * does not exist*"])
+
+
+# Every option at one level, valid, and what `-v`'s header must then show for it.
+EVERY_OPTION: dict[str, tuple[str, str]] = {
+    "backend": ("external", "external"),
+    "env_file": (".env.test", ".env.test"),
+    "settings": ("exampleapp:Settings", "exampleapp:Settings"),
+    "app": ("exampleapp:create_app", "exampleapp:create_app"),
+    "metadata": ("exampleapp:Base.metadata", "exampleapp:Base.metadata"),
+    "alembic_ini": ("", "None"),
+    "session_dependency": ("exampleapp:get_session", "exampleapp:get_session"),
+    "redis_dependency": ("exampleapp:get_redis", "exampleapp:get_redis"),
+    "compose_files": ("other.yml", "other.yml"),
+    "keep": ("true", "True"),
+    "rebuild": ("true", "True"),
+    "timings": ("true", "True"),
+    "dev_database": ("devdb", "devdb"),
+    "dev_redis_index": ("3", "3"),
+    "redis_index": ("7", "7"),
+    "allowed_hosts": ("db.test.internal", "db.test.internal"),
+    "postgres_bin": ("/opt/pg/bin", "/opt/pg/bin"),
+    "redis_bin": ("/opt/redis-server", "/opt/redis-server"),
+    "timeout": ("5", "5.0"),
+}
+
+
+@pytest.mark.parametrize("level", ["cli", "env", "ini"])
+def test_every_option_at_every_level(inner: Inner, level: str) -> None:
+    from pytest_dashtam.config import OPTIONS_BY_NAME
+
+    inner.copy()
+    values = {
+        **EVERY_OPTION,
+        "postgres_url": (inner.postgres_url, inner.postgres_url),
+        "redis_url": (inner.redis_url, inner.redis_url),
+    }
+    args = ["--collect-only", "-v"]
+    for key in ("DASHTAM_BACKEND", "DASHTAM_POSTGRES_URL", "DASHTAM_REDIS_URL"):
+        inner.monkeypatch.delenv(key)
+    for name, (raw, _) in values.items():
+        option = OPTIONS_BY_NAME[name]
+        if level == "cli":
+            args.append(option.flag if option.kind == "flag" else f"{option.flag}={raw}")
+        elif level == "env":
+            inner.monkeypatch.setenv(option.env, raw)
+    if level == "ini":
+        (inner.pytester.path / "pytest.ini").write_text(
+            "[pytest]\n" + "".join(f"{OPTIONS_BY_NAME[n].ini} = {raw}\n" for n, (raw, _) in values.items())
+        )
+    result = inner.run(*args)
+    assert result.ret == 0, result.stderr.str()
+    for name, (_, shown) in values.items():
+        option = OPTIONS_BY_NAME[name]
+        source = {"cli": option.flag, "env": option.env, "ini": f"ini {option.ini}"}[level]
+        result.stdout.fnmatch_lines([f"dashtam:   {name}={shown} (from {source})"])
