@@ -1,0 +1,138 @@
+"""lifecycle.py without servers: backend selection, capacity errors, imports, settings, the xdist file share."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_dashtam import lifecycle
+from pytest_dashtam.backends.base import Stack
+from pytest_dashtam.config import PluginConfig, build_config
+from pytest_dashtam.errors import ConfigError
+from pytest_dashtam.lifecycle import (
+    DashtamRun,
+    SharedRun,
+    describe_report,
+    import_object,
+    load_settings,
+    select_backend,
+)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / ".env.test").write_text(
+        "ENVIRONMENT=testing\nTESTING=true\nDATABASE_URL=postgresql+asyncpg://u@127.0.0.1/shop_test\n"
+        "REDIS_URL=redis://127.0.0.1/1\n"
+    )
+    return tmp_path
+
+
+def _config(project: Path, **cli: object) -> PluginConfig:
+    return build_config({"env_file": ".env.test", "alembic_ini": "", **cli}, {}, {}, project)
+
+
+def _stack(databases: int | None = 16) -> Stack:
+    return Stack(
+        backend="external",
+        env="test",
+        postgres_url="postgresql://postgres@127.0.0.1:5432/postgres",
+        redis_url="redis://127.0.0.1:6379",
+        postgres_version="15",
+        redis_version="7",
+        redis_databases=databases,
+    )
+
+
+def test_auto_prefers_given_urls_then_docker_then_local(project: Path) -> None:
+    with_urls = _config(project, postgres_url="postgresql://p@127.0.0.1/postgres", redis_url="redis://127.0.0.1")
+    assert select_backend(with_urls, docker=lambda: True) == ("external", "auto: server URLs given")
+    assert select_backend(_config(project), docker=lambda: True) == ("compose", "auto: a Docker engine answers")
+    assert select_backend(_config(project), docker=lambda: False)[0] == "local"
+    assert select_backend(_config(project, backend="local"), docker=lambda: True) == (
+        "local",
+        "from --dashtam-backend",
+    )
+
+
+def test_redis_capacity_is_checked_per_worker_count(project: Path) -> None:
+    run = DashtamRun(_config(project, redis_index="14"), worker="gw0", worker_count=3)
+    with pytest.raises(ConfigError, match=r"3 worker\(s\) need Redis indexes 14-16 but the server has 16 databases"):
+        run._check_capacity(_stack(16))
+
+
+def test_postgres_capacity_is_checked_before_starting(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def free(url: str) -> int:
+        return 20
+
+    monkeypatch.setattr(lifecycle, "_free_connections", free)
+    run = DashtamRun(_config(project), worker="gw0", worker_count=4)
+    with pytest.raises(ConfigError, match=r"4 workers need up to 48 PostgreSQL connections .* has 20 free"):
+        run._check_capacity(_stack())
+
+
+def test_worker_names_its_database_and_index(project: Path, tmp_path: Path) -> None:
+    run = DashtamRun(_config(project), worker="gw3", worker_count=4, shared_dir=tmp_path / "share")
+    assert (run.database, run.redis_index) == ("shop_test_gw3", 4)
+    assert (DashtamRun(_config(project)).database, DashtamRun(_config(project)).redis_index) == ("shop_test", 1)
+
+
+def test_import_object_errors_name_the_option() -> None:
+    assert import_object("os.path:join", "app") is os.path.join
+    with pytest.raises(ConfigError, match=r"dashtam_app='no_such_module_x:app': cannot import 'no_such_module_x'"):
+        import_object("no_such_module_x:app", "app")
+    with pytest.raises(ConfigError, match=r"dashtam_settings='os:Nope': 'os' has no attribute 'Nope'"):
+        import_object("os:Nope", "settings")
+
+
+class StrictSettings:
+    def __init__(self, **kwargs: Any) -> None:
+        if "DATABASE_URL" not in kwargs:
+            raise ValueError("DATABASE_URL missing\nsecond line")
+        self.kwargs = kwargs
+
+
+def test_settings_get_the_overrides_and_refusals_are_one_line(project: Path) -> None:
+    settings = load_settings(f"{__name__}:StrictSettings", project / ".env.test", {"DATABASE_URL": "x"})
+    assert settings.kwargs == {"DATABASE_URL": "x"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(f"{__name__}:StrictSettings", project / ".env.test", {})
+    assert "\n" not in str(info.value)
+    assert "refused the test env file" in str(info.value)
+
+
+def test_shared_run_tracks_live_workers(tmp_path: Path) -> None:
+    shared = SharedRun(tmp_path / "share")
+    shared.join("gw0")
+    shared.join("gw1")
+    # Both entries are this process (alive); a dead PID does not count.
+    assert shared.others_alive("gw0") == ["gw1"]
+    with shared.lock():
+        shared.write("workers.json", {"gw0": os.getpid(), "gw1": 2**22 + 12345})
+    assert shared.others_alive("gw0") == []
+    shared.leave("gw1")
+    assert shared.read("workers.json") == {"gw0": os.getpid()}
+
+
+def test_report_lines() -> None:
+    assert describe_report({}) == []
+    assert describe_report({"error": "boom"}) == ["dashtam: not started: boom"]
+    lines = describe_report(
+        {
+            "backend": "local",
+            "backend_reason": "from --dashtam-backend",
+            "postgres": "PostgreSQL 15 at postgresql://postgres@127.0.0.1:1/postgres",
+            "redis": "Redis 7 at redis://127.0.0.1:2",
+            "database": "shop_test",
+            "template": "shop_test_tpl_abc",
+            "cache_hit": True,
+            "redis_index": 1,
+            "tuning": {"fsync": "off"},
+        }
+    )
+    assert lines[1] == (
+        "dashtam: database shop_test from template shop_test_tpl_abc (cache hit), redis index 1, tuning fsync=off"
+    )
