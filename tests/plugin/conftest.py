@@ -13,7 +13,6 @@ from inner_project import Inner
 from pytest_dashtam.backends import get_backend
 from pytest_dashtam.backends.base import BackendOptions
 
-pytest_plugins = ["pytester"]
 # The inner projects are run by the tests here, never collected by the outer run.
 collect_ignore = ["examples"]
 
