@@ -51,7 +51,7 @@ async def get_redis():
 app = None
 '''
 
-DASHTAM_TESTS = '''\
+DASHTAM_TESTS = """\
 import pytest
 from sqlalchemy import select
 
@@ -66,7 +66,7 @@ async def test_row_and_key(n, db_session, redis_client):
     assert (await db_session.scalars(select(Item.name))).all() == [f"n{{n}}"]
     await redis_client.set("k", n)
     assert await redis_client.get("k") == str(n)
-'''
+"""
 
 DASHTAM_ENV = (
     "ENVIRONMENT=testing\nTESTING=true\n"
@@ -91,7 +91,7 @@ dashtam_session_dependency = benchapp:get_session
 dashtam_redis_dependency = benchapp:get_redis
 """
 
-PEER_CONFTEST = '''\
+PEER_CONFTEST = """\
 from pathlib import Path
 
 from pytest_postgresql import factories as pg
@@ -101,9 +101,9 @@ postgresql_proc = pg.postgresql_proc(executable={pg_ctl!r}, load=[Path(__file__)
 postgresql = pg.postgresql("postgresql_proc")
 redis_proc = rd.redis_proc(executable={redis!r})
 redisdb = rd.redisdb("redis_proc")
-'''
+"""
 
-PEER_TESTS = '''\
+PEER_TESTS = """\
 import pytest
 
 
@@ -115,7 +115,7 @@ def test_row_and_key(n, postgresql, redisdb):
         assert [r[0] for r in cur.fetchall()] == [f"n{{n}}"]
     redisdb.set("k", n)
     assert redisdb.get("k") == str(n).encode()
-'''
+"""
 
 PEER_SCHEMA = "CREATE TABLE items (id serial PRIMARY KEY, name varchar(100) NOT NULL);\n"
 
