@@ -152,7 +152,8 @@ async def db_session(request: pytest.FixtureRequest, _dashtam_engines: LoopEngin
 
     engine = await _dashtam_engines.engine()
     if _transaction_requested(request):
-        request.getfixturevalue("_dashtam_transaction")
+        # The autouse _dashtam_db_marker has already set up _dashtam_transaction (so it is torn down after this
+        # session closes); requesting it from here, inside the running loop, could not set it up.
         isolated = open_commit_session(engine)
     else:
         isolated = await open_rollback_session(engine)

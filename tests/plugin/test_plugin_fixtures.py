@@ -20,6 +20,12 @@ def test_fixtures_isolate_and_clean_up(inner: Inner) -> None:
     assert inner.redis(INNER_INDEX).dbsize() == 0
 
 
+def test_env_file_is_exported_before_conftests_import_the_app(inner: Inner) -> None:
+    inner.copy()
+    inner.monkeypatch.setenv("ENVIRONMENT", "development")  # the shell's value loses to the test env file
+    inner.run("test_env.py").assert_outcomes(passed=1)
+
+
 def test_transaction_marker_empties_what_was_written(inner: Inner) -> None:
     inner.copy()
     result = inner.run("test_transaction.py", "-v")
