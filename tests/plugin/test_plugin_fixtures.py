@@ -73,3 +73,16 @@ def test_a_start_failure_errors_each_test_that_needs_the_stack(inner: Inner) -> 
     assert len(set(errors)) == 1  # the same one line each time
     assert "Traceback" not in result.stdout.str()
     assert "During handling" not in result.stdout.str()
+
+
+def test_client_with_an_app_factory(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run("test_basic.py", "-k", "client", "-o", "dashtam_app=exampleapp:create_app")
+    result.assert_outcomes(passed=2)
+
+
+def test_client_with_an_app_that_does_not_import(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run("test_basic.py", "-k", "client_uses", "-o", "dashtam_app=exampleapp:nope")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["dashtam_app='exampleapp:nope': 'exampleapp' has no attribute 'nope'; check the name"])
