@@ -263,7 +263,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     c = plugin_config
     lines = [
         f"dashtam: {__version__}, {c.describe('backend')}, {c.describe('env_file')}, {c.describe('settings')}",
-        f"dashtam: test database {c.test_database} ({'+_gwN per worker' if _xdist_controller(config) else 'one'}), "
+        f"dashtam: test database {c.test_database}{'_gwN per xdist worker' if _xdist_controller(config) else ''}, "
         f"{c.describe('redis_index')}, {c.describe('dev_database')}, {c.describe('dev_redis_index')}",
     ]
     if c.postgres_url and c.redis_url:

@@ -18,7 +18,7 @@ def test_each_level_wins_in_turn_and_the_header_says_so(inner: Inner) -> None:
         [
             "dashtam: *, backend=external (from --dashtam-backend), env_file=.env.test (from ini dashtam_env_file), "
             "settings=exampleapp:Settings (from ini dashtam_settings)",
-            f"dashtam: test database {INNER_DB} (one), redis_index=11 (from DASHTAM_REDIS_INDEX), "
+            f"dashtam: test database {INNER_DB}, redis_index=11 (from DASHTAM_REDIS_INDEX), "
             "dev_database=dev_from_ini (from ini dashtam_dev_database), dev_redis_index=0 (default)",
         ]
     )
