@@ -86,3 +86,11 @@ def test_client_with_an_app_that_does_not_import(inner: Inner) -> None:
     result = inner.run("test_basic.py", "-k", "client_uses", "-o", "dashtam_app=exampleapp:nope")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["dashtam_app='exampleapp:nope': 'exampleapp' has no attribute 'nope'; check the name"])
+
+
+def test_ctrl_c_still_drops_the_test_database(inner: Inner) -> None:
+    inner.copy()
+    result = inner.run("test_interrupt.py")
+    assert result.ret == 2  # interrupted
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+    assert INNER_DB not in inner.databases()
