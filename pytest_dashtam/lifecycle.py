@@ -339,6 +339,10 @@ class DashtamRun:
             # The admin URL is what DROP/CREATE run on: the same host rules apply to it.
             host = safety.check_host(stack.postgres_url, allowed)
             safety.raise_for([*violations, *([host] if host else [])])
+            # Layer 6 again at the end of the drop path, but asked now too: a database we may not replace
+            # should stop the run before a template is built for nothing.
+            owned = run_async(lambda: _ownership(stack.postgres_url, self.database))
+            safety.raise_for([owned] if owned else [])
             if str(getattr(settings, "DATABASE_URL", "")) != database_url or str(
                 getattr(settings, "REDIS_URL", "")
             ) != redis_url:
@@ -497,6 +501,19 @@ class DashtamRun:
             "tuning": dict(p.tuning),
             "timings": self.timings.phases,
         }
+
+
+async def _ownership(admin_url: str, database: str) -> Any:
+    import asyncpg
+
+    from pytest_dashtam.safety import check_owned_or_absent
+
+    parts = urlsplit(admin_url)
+    conn = await asyncpg.connect(admin_url.replace(parts.scheme + "://", "postgresql://", 1), timeout=10)
+    try:
+        return await check_owned_or_absent(conn, database)
+    finally:
+        await conn.close()
 
 
 async def _load_cleaner(database_url: str) -> Any:

@@ -130,6 +130,8 @@ def test_an_unstamped_database_is_never_dropped(inner: Inner) -> None:
         )
         with inner.test_db(foreign) as conn:
             assert conn.execute("SELECT v FROM precious").fetchall() == [("keep me",)]
+        # Refused before any work: no template was built for it either.
+        assert not any(d.startswith(f"{foreign}_tpl_") for d in inner.databases())
     finally:
         with inner.admin() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{foreign}" WITH (FORCE)')
