@@ -29,7 +29,7 @@ def test_env_file_is_exported_before_conftests_import_the_app(inner: Inner) -> N
 def test_transaction_marker_empties_what_was_written(inner: Inner) -> None:
     inner.copy()
     result = inner.run("test_transaction.py", "-v")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=6)
 
 
 def test_marker_arguments_are_validated(inner: Inner) -> None:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 from exampleapp import Item
+from httpx import AsyncClient
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -40,5 +42,15 @@ async def test_marker_without_db_session(db_engine: AsyncEngine) -> None:
 
 
 async def test_engine_writes_were_emptied(db_engine: AsyncEngine) -> None:
+    async with db_engine.connect() as conn:
+        assert await count(conn, "items") == 0
+
+
+@pytest.mark.dashtam_db(transaction=True)
+async def test_app_commits_through_client_are_real(client: AsyncClient, redis_client: Redis) -> None:
+    assert (await client.post("/items/through-app")).status_code == 200
+
+
+async def test_app_writes_were_emptied(db_engine: AsyncEngine) -> None:
     async with db_engine.connect() as conn:
         assert await count(conn, "items") == 0
