@@ -15,10 +15,17 @@ from pathlib import Path
 
 TIMER = Path(__file__).with_name("_suite_timer.py")
 
+# Shaped like Dashtam's own core modules (config, models, database and redis dependencies): an app's
+# dependency modules import redis.asyncio and sqlalchemy.ext.asyncio at module level, so collection pays for
+# those imports before the plugin's phases start, as it does in a real project.
 DASHTAM_APP = '''\
 """A minimal app for the suite benchmark: what pytest-dashtam needs from a project, nothing more."""
+from collections.abc import AsyncIterator
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio import Redis
 from sqlalchemy import String
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -40,12 +47,14 @@ class Item(Base):
     name: Mapped[str] = mapped_column(String(100))
 
 
-async def get_session():
-    yield None
+async def get_session() -> AsyncIterator[AsyncSession]:
+    raise NotImplementedError("the benchmark's tests use db_session directly")
+    yield
 
 
-async def get_redis():
-    yield None
+async def get_redis() -> AsyncIterator[Redis]:
+    raise NotImplementedError("the benchmark's tests use redis_client directly")
+    yield
 
 
 app = None
