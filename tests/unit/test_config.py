@@ -93,8 +93,9 @@ def project(tmp_path: Path) -> Path:
         "ENVIRONMENT=testing\nTESTING=true\n"
         "DATABASE_URL=postgresql+asyncpg://u:p@127.0.0.1:5433/shop_test\nREDIS_URL=redis://127.0.0.1:6380/3\n"
     )
-    (env / ".env.dev.example").write_text("DATABASE_URL=postgresql+asyncpg://u:p@127.0.0.1/shop_dev\n"
-                                          "REDIS_URL=redis://127.0.0.1:6379/2\n")
+    (env / ".env.dev.example").write_text(
+        "DATABASE_URL=postgresql+asyncpg://u:p@127.0.0.1/shop_dev\nREDIS_URL=redis://127.0.0.1:6379/2\n"
+    )
     (tmp_path / "alembic.ini").write_text("[alembic]\n")
     return tmp_path
 
@@ -146,8 +147,11 @@ def test_missing_env_file(project: Path) -> None:
 
 
 def test_bad_import_string(project: Path) -> None:
-    with pytest.raises(ConfigError, match=r"dashtam_app='main.app' \(from --dashtam-app\) is not an import string; "
-                       r"write it as module:attr"):
+    with pytest.raises(
+        ConfigError,
+        match=r"dashtam_app='main.app' \(from --dashtam-app\) is not an import string; "
+        r"write it as module:attr",
+    ):
         build_config({"app": "main.app"}, {}, {}, project)
 
 

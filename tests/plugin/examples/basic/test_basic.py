@@ -27,9 +27,7 @@ async def test_next_test_sees_nothing(db_session: AsyncSession, redis_client: Re
 
 
 @pytest.mark.asyncio
-async def test_client_uses_the_test_session(
-    client: AsyncClient, db_session: AsyncSession, redis_client: Redis
-) -> None:
+async def test_client_uses_the_test_session(client: AsyncClient, db_session: AsyncSession, redis_client: Redis) -> None:
     response = await client.post("/items/apple")
     assert response.status_code == 200, response.text
     item_id = response.json()["id"]
