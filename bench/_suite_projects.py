@@ -100,6 +100,70 @@ dashtam_session_dependency = benchapp:get_session
 dashtam_redis_dependency = benchapp:get_redis
 """
 
+# The reference the issue measured before any plugin code: a hand-written rollback conftest, the same
+# servers (started with the local backend's class, so "start" costs the same) and the same tests, no safety
+# checks, no template, no plugin. Under xdist each worker starts servers of its own, as such a conftest would.
+BARE_CONFTEST = """\
+import os
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from benchapp import Base
+from pytest_dashtam.backends.base import BackendOptions
+from pytest_dashtam.backends.local import LocalBackend
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    backend = LocalBackend(
+        BackendOptions(state_dir=tmp_path_factory.mktemp("state"), postgres_bin={pg_bin!r}, redis_bin={redis_bin!r})
+    )
+    yield backend.start()
+    backend.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engine(stack):
+    admin = await asyncpg.connect(stack.postgres_url)
+    await admin.execute("CREATE DATABASE bare_test")
+    await admin.close()
+    url = stack.postgres_url.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + "/bare_test"
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db_session(engine):
+    async with engine.connect() as conn:
+        outer = await conn.begin()
+        session = AsyncSession(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            await session.close()
+            await outer.rollback()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_session(stack):
+    client = Redis.from_url(stack.redis_url + "/1", decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis_client(redis_session):
+    yield redis_session
+    await redis_session.flushdb()
+"""
+
 PEER_CONFTEST = """\
 from pathlib import Path
 
@@ -145,6 +209,20 @@ def dashtam_project(directory: Path, tests: int, pg_bin: str, redis_bin: str) ->
             "test_suite.py": DASHTAM_TESTS.format(tests=tests),
             ".env.test": DASHTAM_ENV,
             "pytest.ini": DASHTAM_INI.format(pg_bin=pg_bin, redis_bin=redis_bin),
+        },
+    )
+
+
+def bare_project(directory: Path, tests: int, pg_bin: str, redis_bin: str) -> None:
+    """The same app and tests on a hand-written rollback conftest (the issue's reference), no plugin."""
+    ini = "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = session\n"
+    _write(
+        directory,
+        {
+            "benchapp.py": DASHTAM_APP,
+            "conftest.py": BARE_CONFTEST.format(pg_bin=pg_bin, redis_bin=redis_bin),
+            "test_suite.py": DASHTAM_TESTS.format(tests=tests),
+            "pytest.ini": ini + "asyncio_default_test_loop_scope = session\n",
         },
     )
 

