@@ -33,6 +33,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -77,6 +78,7 @@ class Run:
     call: float  # median test body
     per_test: float  # median finish-to-finish
     total: float  # launch to process exit
+    cpu: float = 0.0  # user + system seconds of the whole process tree (pytest, workers, servers)
     phases: dict[str, float] = field(default_factory=dict)  # --dashtam-timings, seconds
     cache: str = ""
 
@@ -101,6 +103,7 @@ def _median_run(runs: list[Run]) -> Run:
         call=med([r.call for r in runs]),
         per_test=med([r.per_test for r in runs]),
         total=med([r.total for r in runs]),
+        cpu=med([r.cpu for r in runs]),
         phases=phases,
         cache=", ".join(sorted({r.cache for r in runs if r.cache})),
     )
@@ -124,6 +127,8 @@ def run_pytest(name: str, directory: Path, args: list[str], runner: PeerRunner |
         env.update(HOME=str(directory), TMPDIR="/tmp", USER=user.pw_name, LOGNAME=user.pw_name)
         _chown(directory, runner)
     command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_suite_timer", *args]
+    # Children's rusage counts every reaped descendant: the servers are the inner pytest's children.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     proc = subprocess.run(
         command,
@@ -137,6 +142,8 @@ def run_pytest(name: str, directory: Path, args: list[str], runner: PeerRunner |
         check=False,
     )
     total = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0 or not out.exists():
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
         raise SystemExit(f"{name}: inner pytest failed (exit {proc.returncode}): {' '.join(command)}\n{tail}")
@@ -156,6 +163,7 @@ def run_pytest(name: str, directory: Path, args: list[str], runner: PeerRunner |
         call=statistics.median(t.get("call", 0.0) for t in middle),
         per_test=statistics.median(gaps),
         total=total,
+        cpu=cpu,
         phases=phases,
         cache=cache,
     )
@@ -179,7 +187,8 @@ def print_table(tests: int, runs: int, results: dict[str, Run], pg_bin: str, red
         f"1-minute load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     )
     header = (
-        f"{'suite':45} {'first test':>10} {'our share':>9} {'overhead':>9} {'body':>8} {'per test':>9} {'total':>8}"
+        f"{'suite':45} {'first test':>10} {'our share':>9} {'overhead':>9} {'body':>8} {'per test':>9} "
+        f"{'total':>8} {'cores':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -187,7 +196,7 @@ def print_table(tests: int, runs: int, results: dict[str, Run], pg_bin: str, red
         share = f"{r.share:.3f} s" if r.share is not None else "-"
         print(
             f"{LABELS[name]:45} {r.first:>8.2f} s {share:>9} {r.overhead * 1e3:>6.2f} ms {r.call * 1e3:>5.2f} ms "
-            f"{r.per_test * 1e3:>6.2f} ms {r.total:>6.2f} s"
+            f"{r.per_test * 1e3:>6.2f} ms {r.total:>6.2f} s {r.cpu / r.total:>5.2f}"
         )
     ours = results.get("plugin")
     if ours is not None and ours.phases:
@@ -266,7 +275,7 @@ def bench_xdist(base: Path, tests: int, runs: int, pg_bin: str, redis_bin: str, 
             walls = ", ".join(f"{r.total:.2f}" for r in results[suite, flag])
             print(
                 f"  {LABELS[suite]:45} {flag}: total {m.total:6.2f} s (runs: {walls}); per test in a worker: "
-                f"overhead {m.overhead * 1e3:.2f} ms, body {m.call * 1e3:.2f} ms"
+                f"overhead {m.overhead * 1e3:.2f} ms, body {m.call * 1e3:.2f} ms; cores busy {m.cpu / m.total:.2f}"
             )
         speedup = medians["-n 0"].total / medians["-n 2"].total
         print(f"  {LABELS[suite]:45} speedup {speedup:.2f}x")
