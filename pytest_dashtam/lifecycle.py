@@ -89,15 +89,25 @@ def docker_answers(timeout: float = 1.0) -> bool:
         return False
 
 
-def select_backend(config: PluginConfig, *, docker: Callable[[], bool] = docker_answers) -> tuple[BackendName, str]:
+def docker_usable() -> bool:
+    """An engine answers (a fast socket ping) and the compose v2 plugin is there: an engine without
+    compose would make `auto` pick a backend that cannot start, instead of falling back to local."""
+    if not docker_answers():
+        return False
+    from pytest_dashtam.backends.compose import docker_available
+
+    return docker_available()
+
+
+def select_backend(config: PluginConfig, *, docker: Callable[[], bool] = docker_usable) -> tuple[BackendName, str]:
     """(backend, why): auto = external when URLs are given, compose when Docker answers, local otherwise."""
     if config.backend != "auto":
         return config.backend, f"from {config.source('backend')}"
     if config.postgres_url and config.redis_url:
         return "external", "auto: server URLs given"
     if docker():
-        return "compose", "auto: a Docker engine answers"
-    return "local", "auto: no server URLs, no Docker engine"
+        return "compose", "auto: a Docker engine with compose answers"
+    return "local", "auto: no server URLs, no Docker engine with compose"
 
 
 def load_settings(spec: str, env_file: Path, overrides: Mapping[str, str]) -> Any:
