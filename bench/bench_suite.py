@@ -5,6 +5,8 @@ Each test inserts a row and reads it back, and sets and gets a Redis key. One ru
   plugin         pytest-dashtam, local backend (its own PostgreSQL and Redis, tuned, data on tmpfs), all
                  safety and template work included, after one warm-up run that fills the initdb cache
                  (as on a developer's machine after the first run);
+  bare           the reference the issue measured first: a hand-written rollback conftest on the same
+                 servers (started through the local backend's class), no plugin, no checks, no template;
   peers-default  pytest-postgresql + pytest-redis on their defaults (`postgresql_proc` + `postgresql`: a
                  database cloned from their template and dropped for every test; `redis_proc` + `redisdb`),
                  data under pytest's basetemp in /tmp (disk here);
@@ -12,15 +14,18 @@ Each test inserts a row and reads it back, and sets and gets a Redis key. One ru
 
 with the same server binaries, and prints for each: time to the first test's body, the per-test overhead
 (median of setup + teardown, the isolation work: first and last test left out as they carry the session's
-setup and teardown), the median time per test (finish to finish, body and pytest included) and the total
-wall time; then the ratios and the issue's targets (suite <= 0.12x of the peers' defaults and <= 0.25x of
-the peers on tmpfs; overhead <= 2.5 ms median; the plugin's share of the time to the first test, from
-`--dashtam-timings` start + safety + template + clone, <= 0.3 s). `--xdist` adds `-n 0` vs `-n 2` on 2,000
-tests (target: `-n 2` at least 1.4x faster).
+setup and teardown), the median time per test (finish to finish, body and pytest included), the total
+wall time and the cores the run's process tree kept busy (its CPU seconds / wall: the peers wait on the
+disk, the plugin on round trips; under -n 2 it shows what was left for the workers). Then the ratios and
+the issue's targets: suite <= 0.12x of the peers' defaults and <= 0.25x of the peers on tmpfs; overhead
+<= 2.5 ms median; the plugin's share of the time to the first test (`--dashtam-timings` start + safety +
+template + clone) <= 0.3 s. `--xdist` adds `-n 0` vs `-n 2` on 2,000 tests, for the plugin and the
+reference (target: `-n 2` at least 1.4x faster), with the 1-minute load average: on a shared 2-core
+machine other people's processes take the cores `-n 2` would need.
 
     .venv/bin/python bench/bench_suite.py                  # 200 tests, 3 runs of each suite, interleaved
     .venv/bin/python bench/bench_suite.py --quick --only plugin   # 50 tests, one run: a smoke test
-    .venv/bin/python bench/bench_suite.py --xdist          # also the -n 2 section (about a minute more)
+    .venv/bin/python bench/bench_suite.py --xdist          # also the -n 2 section (about 2 minutes more)
 
 As root, the peers run as the `postgres` user on a venv of their own (see _suite_peers.py): pg_ctl refuses
 root. Suites alternate run by run, so a busy machine slows them alike; medians are over runs.
