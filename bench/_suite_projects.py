@@ -82,12 +82,13 @@ DASHTAM_ENV = (
     "DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1/benchsuite_test\nREDIS_URL=redis://127.0.0.1/1\n"
 )
 
-# The loop scope the project's own pyproject.toml uses (one loop per session): the plugin's fast path.
+# The loop scope the project's own pyproject.toml uses (one loop per session) is the plugin's fast path;
+# pytest-asyncio's default is one loop per test ("function"), which bench_suite.py can time too.
 DASHTAM_INI = """\
 [pytest]
 asyncio_mode = strict
-asyncio_default_fixture_loop_scope = session
-asyncio_default_test_loop_scope = session
+asyncio_default_fixture_loop_scope = {loop_scope}
+asyncio_default_test_loop_scope = {loop_scope}
 dashtam_backend = local
 dashtam_env_file = .env.test
 dashtam_postgres_bin = {pg_bin}
@@ -200,7 +201,7 @@ def _write(directory: Path, files: dict[str, str]) -> None:
     shutil.copyfile(TIMER, directory / TIMER.name)
 
 
-def dashtam_project(directory: Path, tests: int, pg_bin: str, redis_bin: str) -> None:
+def dashtam_project(directory: Path, tests: int, pg_bin: str, redis_bin: str, loop_scope: str = "session") -> None:
     """A project that uses pytest-dashtam's local backend, schema from `metadata.create_all`."""
     _write(
         directory,
@@ -208,7 +209,7 @@ def dashtam_project(directory: Path, tests: int, pg_bin: str, redis_bin: str) ->
             "benchapp.py": DASHTAM_APP,
             "test_suite.py": DASHTAM_TESTS.format(tests=tests),
             ".env.test": DASHTAM_ENV,
-            "pytest.ini": DASHTAM_INI.format(pg_bin=pg_bin, redis_bin=redis_bin),
+            "pytest.ini": DASHTAM_INI.format(pg_bin=pg_bin, redis_bin=redis_bin, loop_scope=loop_scope),
         },
     )
 

@@ -11,6 +11,8 @@ Each test inserts a row and reads it back, and sets and gets a Redis key. One ru
                  database cloned from their template and dropped for every test; `redis_proc` + `redisdb`),
                  data under pytest's basetemp in /tmp (disk here);
   peers-tmpfs    the same peers with their data directories on tmpfs (--basetemp under /dev/shm);
+  plugin-function-loop (only with --only) pytest-dashtam under pytest-asyncio's default loop scope, a new
+                 event loop per test: what a project that leaves that setting alone pays;
 
 with the same server binaries, and prints for each: time to the first test's body, the per-test overhead
 (median of setup + teardown, the isolation work: first and last test left out as they carry the session's
@@ -54,9 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _suite_peers import PeerRunner, peer_runner
 from _suite_projects import bare_project, dashtam_project, peer_project
 
-SUITES = ("plugin", "bare", "peers-default", "peers-tmpfs")
+SUITES = ("plugin", "plugin-function-loop", "bare", "peers-default", "peers-tmpfs")
+# plugin-function-loop (pytest-asyncio's default loop scope: a new event loop, engine pool and Redis pool per
+# test) is opt-in: the targets are for the recommended session-scoped loop.
+DEFAULT_SUITES = ("plugin", "bare", "peers-default", "peers-tmpfs")
 LABELS = {
     "plugin": "pytest-dashtam (local backend)",
+    "plugin-function-loop": "pytest-dashtam, function-scoped event loops",
     "bare": "hand-written rollback conftest (reference)",
     "peers-default": "pytest-postgresql + pytest-redis (defaults)",
     "peers-tmpfs": "pytest-postgresql + pytest-redis (tmpfs)",
@@ -210,7 +216,7 @@ def print_table(tests: int, runs: int, results: dict[str, Run], pg_bin: str, red
     verdicts: dict[str, Any] = {}
     if ours is None:
         return verdicts
-    for peer in ("bare", "peers-default", "peers-tmpfs"):
+    for peer in ("plugin-function-loop", "bare", "peers-default", "peers-tmpfs"):
         theirs = results.get(peer)
         if theirs is None:
             continue
@@ -222,7 +228,7 @@ def print_table(tests: int, runs: int, results: dict[str, Run], pg_bin: str, red
         }
         verdicts[f"vs_{peer}"] = ratios
         print(
-            f"plugin / {peer:13}: first test {ratios['first']:.3f}x, overhead {ratios['overhead']:.3f}x, "
+            f"plugin / {peer:20}: first test {ratios['first']:.3f}x, overhead {ratios['overhead']:.3f}x, "
             f"per test {ratios['per_test']:.3f}x, total {ratios['total']:.3f}x"
         )
     print("targets:")
@@ -299,7 +305,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="runs of each suite, medians reported (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 50 tests, one run, 400 for --xdist")
     parser.add_argument(
-        "--only", action="append", choices=SUITES, help="run only these suites (repeatable; default all three)"
+        "--only",
+        action="append",
+        choices=SUITES,
+        help="run only these suites (repeatable; default all but plugin-function-loop)",
     )
     parser.add_argument("--xdist", action="store_true", help="also time -n 0 against -n 2 on the plugin")
     parser.add_argument("--xdist-tests", type=int, help="tests for the --xdist section (default 2000)")
@@ -310,7 +319,7 @@ def main() -> None:
     tests = options.tests or (50 if options.quick else 200)
     runs = options.runs or (1 if options.quick else 3)
     xdist_tests = options.xdist_tests or (400 if options.quick else 2000)
-    suites = [s for s in SUITES if s in (options.only or SUITES)]
+    suites = [s for s in SUITES if s in (options.only or DEFAULT_SUITES)]
 
     runner = peer_runner() if any(s.startswith("peers") for s in suites) else None
     base = Path(tempfile.mkdtemp(prefix="dashtam-bench-suite-"))
@@ -320,10 +329,15 @@ def main() -> None:
     report: dict[str, Any] = {"tests": tests, "runs": runs}
     try:
         ours, bare, peers = base / "plugin", base / "bare", base / "peers"
+        ours_fn = base / "plugin-function-loop"
         if "plugin" in suites:
             dashtam_project(ours, tests, options.postgres_bin, options.redis_bin)
             # Fills the initdb cache (a developer's second run onwards) and the page cache.
             run_pytest("plugin warm-up", ours, ["--dashtam-timings", *NOT_PEERS])
+        if "plugin-function-loop" in suites:
+            dashtam_project(ours_fn, tests, options.postgres_bin, options.redis_bin, loop_scope="function")
+            if "plugin" not in suites:
+                run_pytest("plugin warm-up", ours_fn, ["--dashtam-timings", *NOT_PEERS])
         if "bare" in suites:
             bare_project(bare, tests, options.postgres_bin, options.redis_bin)
         if runner is not None:
@@ -336,6 +350,8 @@ def main() -> None:
             for suite in suites:
                 if suite == "plugin":
                     run = run_pytest(suite, ours, ["--dashtam-timings", *NOT_PEERS])
+                elif suite == "plugin-function-loop":
+                    run = run_pytest(suite, ours_fn, ["--dashtam-timings", *NOT_PEERS])
                 elif suite == "bare":
                     run = run_pytest(suite, bare, [*BARE_ARGS])
                 elif suite == "peers-default":
