@@ -199,15 +199,24 @@ def spawn_postgres(
     ]
     for key, value in settings.items():
         args += ["-c", f"{key}={value}"]
+    return _spawn(args, log_path, env=_server_env(), run_as=run_as)
+
+
+def _spawn(
+    args: list[str], log_path: Path, *, env: dict[str, str] | None = None, run_as: RunAs | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server with its output appended to its log.
+
+    Own session: a Ctrl-C at the terminal reaches pytest, which then stops the servers in order,
+    instead of reaching the servers directly.
+    """
     with open(log_path, "ab") as log:
-        # Own session: a Ctrl-C at the terminal reaches pytest, which then stops the servers in
-        # order, instead of reaching the servers directly.
         return subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_server_env(),
+            env=env,
             start_new_session=True,
             close_fds=True,
             user=None if run_as is None else run_as.uid,
@@ -234,15 +243,7 @@ def spawn_redis(
     ]
     if not persistent:
         args += ["--save", "", "--appendonly", "no"]
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+    return _spawn(args, log_path)
 
 
 def _failed(what: str, proc: subprocess.Popen[bytes], log_path: Path) -> BackendError:
