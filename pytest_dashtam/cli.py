@@ -139,6 +139,8 @@ def make_backend(name: BackendName, env: Env, *, timeout: float) -> Backend:
         redis_bin=os.environ.get("DASHTAM_REDIS_BIN"),
         compose_files=(COMPOSE_FILES[env.name],),
         env_file=str(env.env_file),
+        # A second checkout (or a test) runs its own compose projects beside the usual dashtam-dev/-test.
+        project_name=os.environ.get(f"DASHTAM_{env.name.upper()}_COMPOSE_PROJECT") or None,
         timeout=timeout,
     )
     return get_backend(name, options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -20,11 +21,14 @@ from pytest_dashtam.backends.local import LocalBackend
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(
+    project: Path, *args: str, check: bool = True, backend: str = "local", extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASHTAM_")}
     env["DASHTAM_DEV_POSTGRES_PORT"], env["DASHTAM_DEV_REDIS_PORT"] = (str(p) for p in pick_free_ports(2))
+    env.update(extra_env or {})
     result = subprocess.run(
-        [sys.executable, "-m", "pytest_dashtam.cli", "--project-root", str(project), "--backend", "local", *args],
+        [sys.executable, "-m", "pytest_dashtam.cli", "--project-root", str(project), "--backend", backend, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -179,3 +183,63 @@ def test_reset_refuses_unsafe_test_settings(project: Path) -> None:
     refused = _run(project, "reset", "test", check=False)
     assert refused.returncode == 2
     assert "ENVIRONMENT is 'development'" in refused.stderr
+
+
+@pytest.mark.docker
+def test_the_same_commands_on_compose(project: Path) -> None:
+    """up/status/logs/reset/down for dev and test on Docker Compose, in compose projects of the test's own
+    (never the developer's dashtam-dev / dashtam-test), on ports Docker picks."""
+    from pytest_dashtam.backends.compose import docker_available
+
+    if not docker_available():
+        pytest.skip("no Docker engine with compose v2: bash ../shared/docker-offline/setup.sh starts one")
+    shutil.copytree(REPO / "docker", project / "docker")
+    tag = secrets.token_hex(3)
+    projects = {"dev": f"dashtam-clitest-dev-{tag}", "test": f"dashtam-clitest-test-{tag}"}
+    extra = {
+        "DASHTAM_POSTGRES_IMAGE": os.environ.get("DASHTAM_POSTGRES_IMAGE", "dashtam-ci/postgres:15"),
+        "DASHTAM_REDIS_IMAGE": os.environ.get("DASHTAM_REDIS_IMAGE", "dashtam-ci/redis:7"),
+        "DASHTAM_DEV_COMPOSE_PROJECT": projects["dev"],
+        "DASHTAM_TEST_COMPOSE_PROJECT": projects["test"],
+        "DASHTAM_DEV_POSTGRES_PORT": "0",
+        "DASHTAM_DEV_REDIS_PORT": "0",
+        "DASHTAM_TEST_POSTGRES_PORT": "0",
+        "DASHTAM_TEST_REDIS_PORT": "0",
+    }
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run(project, *args, check=check, backend="compose", extra_env=extra)
+
+    try:
+        up_dev = run("up", "dev", "--no-app")
+        assert "dev database migrated to head" in up_dev.stdout
+        assert "dashtam_user:***@127.0.0.1:" in up_dev.stdout
+        up_test = run("up", "test")
+        assert "fsync=off" in up_test.stdout
+        status = run("status").stdout
+        assert "dev: running on the compose backend" in status
+        assert "test: running on the compose backend" in status
+        assert run("logs", "dev", "--lines", "20").stdout.strip()
+        assert "database dashtam_test rebuilt from the migrations" in run("reset", "test").stdout
+        run("down", "test")
+        run("down", "dev")
+        status = run("status").stdout
+        assert "dev: not running" in status
+        assert "test: not running" in status
+        for name in projects.values():
+            assert _containers(name) == []
+    finally:
+        for name in projects.values():
+            subprocess.run(["docker", "compose", "-p", name, "down", "-v"], capture_output=True, check=False)
+            volumes = _docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={name}")
+            if volumes:
+                _docker("volume", "rm", *volumes)
+
+
+def _docker(*args: str) -> list[str]:
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60, check=False).stdout
+    return out.split()
+
+
+def _containers(project_name: str) -> list[str]:
+    return _docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project_name}")
