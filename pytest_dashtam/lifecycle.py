@@ -99,6 +99,15 @@ def docker_usable() -> bool:
     return docker_available()
 
 
+def keep_template_with_cluster(stack: Stack) -> None:
+    """A throw-away local cluster is new every run, so a template built in it would be built again
+    next run: ask the local backend to start the next runs from this cluster, template included."""
+    if stack.backend == "local" and stack.owns_servers:
+        from pytest_dashtam.backends.local import request_seed
+
+        request_seed(stack)
+
+
 def select_backend(config: PluginConfig, *, docker: Callable[[], bool] = docker_usable) -> tuple[BackendName, str]:
     """(backend, why): auto = external when URLs are given, compose when Docker answers, local otherwise."""
     if config.backend != "auto":
@@ -401,7 +410,7 @@ class DashtamRun:
             metadata = import_object(config.metadata, "metadata")
 
         def build(rebuild: bool) -> schema.TemplateResult:
-            return run_async(
+            result = run_async(
                 lambda: schema.ensure_template(
                     stack.postgres_url,
                     test_db=config.test_database,
@@ -412,6 +421,9 @@ class DashtamRun:
                     dev_database=config.dev_database,
                 )
             )
+            if not result.cache_hit:
+                keep_template_with_cluster(stack)
+            return result
 
         if self.shared is None:
             return build(config.rebuild)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pytest_dashtam.backends._local_binaries import PgBinaries, RedisBinary
 from pytest_dashtam.backends._local_procs import RunAs, chown_tree
@@ -28,6 +29,9 @@ from pytest_dashtam.errors import BackendError
 _CACHE_FORMAT = "1"
 INITDB_ARGS = ("-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--wal-segsize=1")
 TEST_TUNING: Mapping[str, str] = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
+# A file in a test stack's run folder: "when this cluster stops, keep it as the next runs' seed".
+SEED_REQUEST = "keep-as-seed"
+ClusterSource = Literal["seed", "hit", "miss"]
 
 
 def _poll_delay(since: float) -> float:
@@ -132,30 +136,41 @@ def _clean_stale_builds(root: Path) -> None:
                     shutil.rmtree(stale, ignore_errors=True)
 
 
+def _seed_entry(root: Path, identity: str) -> Path:
+    return root / f"pg-{_CACHE_FORMAT}-{identity}-seed"
+
+
 def cluster_from_cache(
     binaries: PgBinaries, data_dir: Path, run_as: RunAs | None, log_path: Path, cache: Path | None = None
-) -> tuple[str, bool, threading.Thread | None]:
-    """Put a fresh initdb'd cluster at `data_dir` (absent yet).
+) -> tuple[str, ClusterSource, threading.Thread | None]:
+    """Put a fresh test cluster at `data_dir` (absent yet).
 
-    Returns (binary version, whether it came from the cache, the thread still filling the cache on
-    a miss: join it before removing `data_dir`'s parent). Cache entries are built beside their
-    final name and renamed into place, so concurrent runs never see a half-written one: the loser
-    of the rename race discards its copy. On a miss, the cache (on disk: ~0.3 s for ~1000 files)
-    is filled in the background from a snapshot taken on the same tmpfs (~40 ms), so the server
-    starts without waiting for the disk.
+    Returns (binary version, where the cluster came from, the thread still filling the cache on a
+    miss: join it before removing `data_dir`'s parent). The seed (a stopped test cluster of an
+    earlier run, holding the schema templates it built: see `save_seed`) is preferred over the
+    pristine initdb'd cluster, which is preferred over running initdb. Cache entries are built beside
+    their final name and renamed into place, so concurrent runs never see a half-written one: the
+    loser of the rename race discards its copy, and a reader that loses an entry mid-copy falls back
+    to the next source. On a miss, the cache (on disk: ~0.3 s for ~1000 files) is filled in the
+    background from a snapshot taken on the same tmpfs (~40 ms), so the server starts without
+    waiting for the disk.
     """
     root = cache or cache_root()
-    entry = root / f"pg-{_CACHE_FORMAT}-{binaries.identity()}"
-    meta_path = entry / "meta.json"
-    if meta_path.is_file():
+    identity = binaries.identity()
+    entry = root / f"pg-{_CACHE_FORMAT}-{identity}"
+    sources: tuple[tuple[ClusterSource, Path], ...] = (("seed", _seed_entry(root, identity)), ("hit", entry))
+    for source, candidate in sources:
+        meta_path = candidate / "meta.json"
+        if not meta_path.is_file():
+            continue
         try:
             version = str(json.loads(meta_path.read_text())["version"])
-            _copy_tree(entry / "data", data_dir)
+            _copy_tree(candidate / "data", data_dir)
             if run_as is not None and os.stat(data_dir).st_uid != run_as.uid:
                 chown_tree(data_dir, run_as.uid, run_as.gid)
-            return version, True, None
+            return version, source, None
         except (OSError, ValueError, KeyError, subprocess.CalledProcessError):
-            shutil.rmtree(data_dir, ignore_errors=True)  # a damaged entry: fall through and rebuild
+            shutil.rmtree(data_dir, ignore_errors=True)  # a damaged or vanished entry: try the next source
     version = binaries.version()
     _run_initdb(binaries, data_dir, run_as, log_path)
     _clean_stale_builds(root)
@@ -164,7 +179,7 @@ def cluster_from_cache(
         _copy_tree(data_dir, snapshot)
     except (OSError, subprocess.CalledProcessError):
         shutil.rmtree(snapshot, ignore_errors=True)
-        return version, False, None  # no cache this time; the next cold start tries again
+        return version, "miss", None  # no cache this time; the next cold start tries again
     meta: dict[str, object] = {
         "version": version,
         "postgres": str(binaries.postgres),
@@ -174,7 +189,40 @@ def cluster_from_cache(
         target=_fill_cache, args=(snapshot, root, entry, meta), name="dashtam-cache-fill", daemon=True
     )
     filler.start()
-    return version, False, filler
+    return version, "miss", filler
+
+
+def save_seed(data_dir: Path, identity: str, version: str, cache: Path | None = None) -> bool:
+    """Keep a cleanly stopped test cluster as the starting cluster of the next runs on these binaries.
+
+    A fresh cluster every run would mean building the schema template (all the migrations) every
+    run; seeding the next cluster with this one, templates included, lets the plugin reuse a
+    template while its hash matches, as on a kept or external server. Only called for a cluster
+    whose template was just built (the plugin asks through `SEED_REQUEST`), so runs that hit the
+    template pay nothing. A cluster not shut down cleanly (postmaster.pid left) is not kept.
+    """
+    if (data_dir / "postmaster.pid").exists() or not (data_dir / "PG_VERSION").is_file():
+        return False
+    root = cache or cache_root()
+    entry = _seed_entry(root, identity)
+    building: Path | None = None
+    trash: Path | None = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(dir=root, prefix=f".building-{entry.name}-"))
+        _copy_tree(data_dir, building / "data")
+        (building / "meta.json").write_text(json.dumps({"version": version, "seed": True}))
+        if entry.exists():
+            trash = Path(tempfile.mkdtemp(dir=root, prefix=f".trash-{entry.name}-"))
+            os.rename(entry, trash / "old")
+        os.rename(building, entry)
+        return True
+    except (OSError, subprocess.CalledProcessError):
+        return False  # another run swapped its seed in first, or the disk is full: the next run rebuilds
+    finally:
+        for leftover in (building, trash):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def spawn_postgres(

@@ -39,9 +39,12 @@ from pytest_dashtam.backends._local_procs import (
 )
 from pytest_dashtam.backends._local_reach import reachable_binaries
 from pytest_dashtam.backends._local_servers import (
+    SEED_REQUEST,
     TEST_TUNING,
     PortInUseError,
+    cache_root,
     cluster_from_cache,
+    save_seed,
     spawn_postgres,
     spawn_redis,
     wait_postgres,
@@ -280,13 +283,13 @@ class LocalBackend:
             redis_proc = spawn_redis(redis_bin, ports["redis"], paths["redis"], paths["redis_log"], dev)
             self._children["redis"] = redis_proc
             state.redis = ProcRef.of(redis_proc.pid)
-            cache_hit: bool | None = None
+            cluster_source: str = "existing cluster"
             if dev and (paths["data"] / "PG_VERSION").is_file():
                 pg_version_bin = None
             else:
                 if dev and paths["data"].exists():
                     shutil.rmtree(paths["data"])  # a half-made cluster from an interrupted first start
-                pg_version_bin, cache_hit, self._cache_filler = cluster_from_cache(
+                pg_version_bin, cluster_source, self._cache_filler = cluster_from_cache(
                     pg_bins, paths["data"], run_as, paths["postgres_log"], self.cache_dir
                 )
             settings = {} if dev else dict(TEST_TUNING)
@@ -325,7 +328,8 @@ class LocalBackend:
             "postgres_log": str(paths["postgres_log"]),
             "redis_log": str(paths["redis_log"]),
             "run_as": run_as.name if run_as is not None else None,
-            "cluster_cache": {True: "hit", False: "miss", None: "existing cluster"}[cache_hit],
+            # "seed": an earlier run's cluster with its schema templates; "hit": the initdb'd cluster.
+            "cluster_cache": cluster_source,
             "binary_version": pg_version_bin,
             "on_tmpfs": str(paths["run"]).startswith(str(TMPFS) + "/"),
             "keep": self.options.keep,
@@ -466,7 +470,7 @@ class LocalBackend:
         state = self._state
         if state is None:
             return
-        _teardown_state(state, self._children)
+        _teardown_state(state, self._children, seed_cache=self.cache_dir or cache_root())
         remove_state(self.state_dir, state.run_id)
         self._state = None
         self._children = {}
@@ -528,11 +532,33 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _teardown_state(state: StackState, children: dict[str, subprocess.Popen[bytes]] | None = None) -> None:
+def request_seed(stack: Stack) -> None:
+    """Ask that this test stack's cluster, once its owner stops it, seed the next runs' clusters.
+
+    The plugin calls it after building a schema template into the cluster, so that the next run
+    starts with the template in place and reuses it while its hash matches. A file in the run folder
+    carries the request, because under xdist the process that built the template need not be the
+    one that stops the stack.
+    """
+    run_dir = stack.details.get("run_dir")
+    if stack.backend != "local" or stack.env != "test" or not run_dir:
+        return
+    with contextlib.suppress(OSError):
+        (Path(run_dir) / SEED_REQUEST).touch()
+
+
+def _teardown_state(
+    state: StackState,
+    children: dict[str, subprocess.Popen[bytes]] | None = None,
+    *,
+    seed_cache: Path | None = None,
+) -> None:
     """Stop a stack's servers (by recorded PID and start time only) and remove its throw-away files.
 
     PostgreSQL gets SIGINT (fast shutdown, ~15 ms) and a wait; a throw-away Redis/Valkey gets
     SIGKILL (Valkey takes ~100 ms to exit on SIGTERM); a dev Redis gets SIGTERM so it saves.
+    With `seed_cache` (the owner's own teardown, not a reaping), a cluster whose run asked for it
+    is kept as the next runs' seed before its files go.
     """
     children = children or {}
     throwaway = state.remove_run_dir
@@ -545,5 +571,14 @@ def _teardown_state(state: StackState, children: dict[str, subprocess.Popen[byte
     for child in children.values():
         with contextlib.suppress(Exception):
             child.wait(timeout=1.0)
+    if (
+        seed_cache is not None
+        and throwaway
+        and state.run_dir
+        and state.data_dir
+        and (Path(state.run_dir) / SEED_REQUEST).exists()
+    ):
+        version = str((state.stack or {}).get("postgres_version", ""))
+        save_seed(Path(state.data_dir), state.postgres_identity, version, seed_cache)
     if throwaway and state.run_dir:
         shutil.rmtree(state.run_dir, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from inner_project import INNER_DB, Inner
 
 
@@ -33,3 +34,19 @@ def test_a_schema_change_builds_a_new_template_and_drops_the_stale_one(inner: In
     templates = {d for d in inner.databases() if d.startswith(f"{INNER_DB}_tpl_")}
     assert old not in templates
     assert len(templates) == 1
+
+
+def test_a_fresh_local_cluster_each_run_still_reuses_the_template(
+    inner: Inner, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The local backend starts a new cluster every run; the cluster that built a template seeds the next
+    ones, so the template is built once per schema hash there too."""
+    inner.copy()
+    inner.monkeypatch.setenv("DASHTAM_CACHE_DIR", str(tmp_path_factory.mktemp("seed-cache")))
+    args = ("test_basic.py", "-k", "settings", "--dashtam-backend=local", "--dashtam-timings")
+    first = inner.run(*args)
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["dashtam: backend=local*", "*(cache miss: built)*"])
+    second = inner.run(*args)
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(["dashtam: backend=local*", "*(cache hit)*", "dashtam timings: * (template cache hit)"])

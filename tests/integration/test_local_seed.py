@@ -1,0 +1,134 @@
+"""The seed cluster: a local test cluster that built a schema template starts the next runs.
+
+Real servers (the system PostgreSQL 15), each test with its own cache and state folders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from pytest_dashtam.backends.base import BackendOptions, Stack
+from pytest_dashtam.backends.local import LocalBackend, request_seed
+
+SYSTEM_PG15 = Path("/usr/lib/postgresql/15/bin")
+pytestmark = pytest.mark.skipif(not SYSTEM_PG15.is_dir(), reason="needs Debian's PostgreSQL 15 binaries")
+
+
+@pytest.fixture
+def folders() -> Iterator[tuple[Path, Path]]:
+    """(cache, state) under a folder the `postgres` user can enter when the tests run as root."""
+    root = Path(tempfile.mkdtemp(prefix="dashtam-seed-"))
+    root.chmod(0o755)
+    yield root / "cache", root / "state"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _backend(cache: Path, state: Path) -> LocalBackend:
+    options = BackendOptions(
+        env="test", state_dir=state, postgres_bin=str(SYSTEM_PG15), redis_bin="/usr/bin/redis-server"
+    )
+    return LocalBackend(options, cache_dir=cache)
+
+
+def _sql(stack: Stack, statement: str) -> object:
+    async def go() -> object:
+        conn = await asyncpg.connect(stack.postgres_url)
+        try:
+            return await conn.fetchval(statement)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_a_requested_seed_starts_the_next_cluster(folders: tuple[Path, Path]) -> None:
+    cache, state = folders
+    first = _backend(cache, state)
+    stack = first.start()
+    try:
+        _sql(stack, "CREATE DATABASE seeded_tpl_0123")
+        request_seed(stack)
+    finally:
+        first.stop()
+    seeds = list(cache.glob("pg-*-seed/meta.json"))
+    assert len(seeds) == 1
+    assert json.loads(seeds[0].read_text())["seed"] is True
+    assert list(cache.glob(".building-*")) == []
+    assert list(cache.glob(".trash-*")) == []
+
+    second = _backend(cache, state)
+    again = second.start()
+    try:
+        assert again.details["cluster_cache"] == "seed"
+        assert _sql(again, "SELECT count(*) FROM pg_database WHERE datname = 'seeded_tpl_0123'") == 1
+        assert again.tuning["fsync"] == "off"
+        # A later seed replaces the earlier one, never leaving two.
+        _sql(again, "CREATE DATABASE seeded_tpl_4567")
+        request_seed(again)
+    finally:
+        second.stop()
+    assert len(list(cache.glob("pg-*-seed/meta.json"))) == 1
+    third = _backend(cache, state)
+    last = third.start()
+    try:
+        assert _sql(last, "SELECT count(*) FROM pg_database WHERE datname LIKE 'seeded_tpl_%'") == 2
+    finally:
+        third.stop()
+
+
+def test_no_request_no_seed(folders: tuple[Path, Path]) -> None:
+    cache, state = folders
+    backend = _backend(cache, state)
+    stack = backend.start()
+    _sql(stack, "CREATE DATABASE unseeded_0123")
+    backend.stop()
+    assert list(cache.glob("pg-*-seed")) == []
+    again_backend = _backend(cache, state)
+    again = again_backend.start()
+    try:
+        assert again.details["cluster_cache"] == "hit"
+        assert _sql(again, "SELECT count(*) FROM pg_database WHERE datname = 'unseeded_0123'") == 0
+    finally:
+        again_backend.stop()
+
+
+def test_a_damaged_seed_falls_back_to_the_initdb_cache(folders: tuple[Path, Path]) -> None:
+    cache, state = folders
+    backend = _backend(cache, state)
+    request_seed(backend.start())
+    backend.stop()
+    (seed,) = cache.glob("pg-*-seed")
+    shutil.rmtree(seed / "data")  # meta.json left: looks usable, is not
+    again_backend = _backend(cache, state)
+    again = again_backend.start()
+    try:
+        assert again.details["cluster_cache"] == "hit"
+        assert _sql(again, "SELECT 1") == 1
+    finally:
+        again_backend.stop()
+
+
+def test_seeds_are_only_for_local_test_stacks(tmp_path: Path) -> None:
+    """A request for anything but a local test stack is ignored, not an error."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for backend, env in (("external", "test"), ("compose", "test"), ("local", "dev")):
+        stack = Stack(
+            backend=backend,  # type: ignore[arg-type]
+            env=env,  # type: ignore[arg-type]
+            postgres_url="postgresql://postgres@127.0.0.1:1/postgres",
+            redis_url="redis://127.0.0.1:1",
+            postgres_version="15",
+            redis_version="7",
+            details={"run_dir": str(run_dir)},
+        )
+        request_seed(stack)
+    assert list(run_dir.iterdir()) == []
