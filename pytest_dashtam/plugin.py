@@ -12,7 +12,10 @@ conftest imports the app; the configuration is validated in `pytest_configure` (
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import gc
 import os
 import shutil
 import sys
@@ -69,6 +72,7 @@ CONFIG_KEY = pytest.StashKey[PluginConfig]()
 SAVED_ENV_KEY = pytest.StashKey[dict[str, "str | None"]]()
 RUN_DIR_KEY = pytest.StashKey[Path]()
 PROBLEMS_KEY = pytest.StashKey[list[str]]()
+FROZE_GC_KEY = pytest.StashKey[bool]()
 ENTRY_POINT_NAME = "dashtam"
 
 
@@ -148,6 +152,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Registered here, before pytest's unraisable-exception plugin registers its own cleanup (this hook runs
+    # before the built-in plugins'), so it runs after that cleanup's gc.collect(): see pytest_runtestloop.
+    config.add_cleanup(functools.partial(_unfreeze_gc, config))
     config.addinivalue_line(
         "markers",
         "dashtam_db(transaction=False): with transaction=True the test's commits are real; the tables it "
@@ -288,6 +295,48 @@ def _describe_masked(c: PluginConfig, name: str) -> str:
         source = c.source(name)
         return f"{name}={mask_url(getattr(c, name))} ({'default' if source == 'default' else 'from ' + source})"
     return c.describe(name)
+
+
+# --- garbage collection during the run --------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Freeze the objects that exist before the first test, so the garbage collector stops walking them.
+
+    After collection and the stack's preparation the heap holds about 10^5 long-lived objects (pytest's
+    items, SQLAlchemy, pydantic, asyncpg, the app). Every full collection walks them all again: pytest's
+    own `gc.collect()` passes at the end (its unraisable-exception check, in `pytest_unconfigure` and in a
+    cleanup: about 45 ms each here) and the interpreter's at exit. `gc.freeze()` moves them to the
+    permanent generation, as CPython's docs suggest for a long-lived heap; garbage the tests make is still
+    collected, and still reported by pytest's unraisable-exception check. Measured on the suite benchmark
+    (200 tests): 2.29 s -> about 2.0 s a run.
+
+    Only when nothing froze before (`gc.get_freeze_count() == 0`): an in-process pytester run inside a
+    frozen session, or a program that manages freezing itself, is left alone. `_unfreeze_gc` undoes it.
+    """
+    config = session.config
+    if RUN_KEY not in config.stash or gc.get_freeze_count() != 0:
+        return
+    gc.freeze()
+    config.stash[FROZE_GC_KEY] = True
+
+
+def _unfreeze_gc(config: pytest.Config) -> None:
+    """Undo pytest_runtestloop's freeze once pytest's last collection has run (a config cleanup).
+
+    Unfrozen so that `pytest.main()` in a process that goes on (pytester's in-process runs, an IDE) does
+    not keep the session's objects out of the collector's reach. What usually follows is interpreter exit,
+    whose own full collection would walk the whole heap again for objects freed with the process anyway
+    (about 0.1 s here): an exit handler freezes again just before it. pytest's unraisable-exception check
+    has already run by then.
+    """
+    if not config.stash.get(FROZE_GC_KEY, False):
+        return
+    del config.stash[FROZE_GC_KEY]
+    gc.unfreeze()
+    atexit.unregister(gc.freeze)  # one handler however many sessions ran in this process
+    atexit.register(gc.freeze)
 
 
 # --- the end ------------------------------------------------------------------------------------------------
