@@ -152,3 +152,98 @@ def test_docker_usable_needs_compose_too(monkeypatch: pytest.MonkeyPatch) -> Non
     assert lifecycle.docker_usable() is True
     monkeypatch.setattr(lifecycle, "docker_answers", lambda timeout=1.0: False)
     assert lifecycle.docker_usable() is False
+
+
+class FakeBackend:
+    """Records stop(); fails it when asked to."""
+
+    name = "local"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+        if self.fail:
+            raise RuntimeError("boom")
+
+
+def _finished(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    started: bool,
+    owns: bool = True,
+    cache_hit: bool = True,
+    keep: bool = False,
+    backend: FakeBackend | None = None,
+) -> tuple[list[str], list[str], FakeBackend]:
+    """(databases dropped, problems, backend) after finish() of a run in the given situation."""
+    from pytest_dashtam import schema
+
+    dropped: list[str] = []
+
+    async def drop(admin_url: str, name: str, *, dev_database: str | None = None) -> None:
+        dropped.append(name)
+
+    monkeypatch.setattr(schema, "drop_test_database", drop)
+    run = DashtamRun(_config(project, keep=keep))
+    stack = Stack(
+        backend="local",
+        env="test",
+        postgres_url="postgresql://postgres@127.0.0.1:5432/postgres",
+        redis_url="redis://127.0.0.1:6379",
+        postgres_version="15",
+        redis_version="7",
+        owns_servers=owns,
+        started=started,
+    )
+    run._prepared = lifecycle.Prepared(
+        stack=stack,
+        settings=None,
+        database="shop_test",
+        database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/shop_test",
+        redis_url="redis://127.0.0.1:6379/1",
+        redis_index=1,
+        template="shop_test_tpl_x",
+        template_hash="x",
+        cache_hit=cache_hit,
+        tuning={},
+        backend_reason="test",
+    )
+    fake = backend or FakeBackend()
+    run._backend = fake  # type: ignore[assignment]
+    run._started_here = started
+    problems = run.finish()
+    return dropped, problems, fake
+
+
+def test_a_throwaway_stack_this_run_stops_is_not_dropped_first(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped, problems, backend = _finished(project, monkeypatch, started=True)
+    assert (dropped, problems, backend.stopped) == ([], [], 1)
+
+
+def test_attached_external_seeding_and_unowned_stacks_still_get_the_drop(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Attached to (or an external server): not ours to stop, so the database is dropped.
+    dropped, _, backend = _finished(project, monkeypatch, started=False)
+    assert (dropped, backend.stopped) == (["shop_test"], 0)
+    # The template was built this run: the local backend keeps the cluster as the next runs' seed.
+    dropped, _, backend = _finished(project, monkeypatch, started=True, cache_hit=False)
+    assert (dropped, backend.stopped) == (["shop_test"], 1)
+    # Servers the backend does not own.
+    dropped, _, backend = _finished(project, monkeypatch, started=True, owns=False)
+    assert (dropped, backend.stopped) == (["shop_test"], 1)
+
+
+def test_kept_stack_is_neither_dropped_nor_stopped(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped, _, backend = _finished(project, monkeypatch, started=True, keep=True)
+    assert (dropped, backend.stopped) == ([], 0)
+
+
+def test_a_failed_stop_drops_the_database_after_all(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dropped, problems, _ = _finished(project, monkeypatch, started=True, backend=FakeBackend(fail=True))
+    assert dropped == ["shop_test"]
+    assert problems == ["could not stop the local stack: boom"]
