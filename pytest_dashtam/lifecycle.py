@@ -246,7 +246,7 @@ class DashtamRun:
         self._started_here = False
         self._saved_env: dict[str, str | None] = {}
         self.notes: list[str] = []
-        self.cleaner: Any = None  # isolation.TableCleaner, loaded on the first real-commit test
+        self.cleaner: Any = None  # isolation.TableCleaner, read from the fresh clone (see _read_clone)
         if self.shared is not None and worker is not None:
             self.shared.join(worker)
 
