@@ -150,13 +150,18 @@ def make_backend(name: BackendName, env: Env, *, timeout: float) -> Backend:
 
 
 def app_database_url(stack: Stack, env: Env) -> str:
-    """The app's DATABASE_URL on this stack: the env file's user, password and database on the
-    stack's host and port (or Unix socket)."""
+    """The app's DATABASE_URL on this stack: the env file's database on the stack's host and port (or
+    Unix socket). Dev connects as the env file's role (`up dev` creates it); the throw-away test stack
+    as the stack's own admin role, as the pytest plugin does (a local test cluster has no other role)."""
     wanted = urlsplit(env.value("DATABASE_URL"))
+    database = wanted.path.lstrip("/") or env.value("POSTGRES_DB", "postgres")
+    if env.name == "test":
+        from pytest_dashtam.schema import database_url
+
+        return database_url(stack.postgres_url, database)
     admin = urlsplit(stack.postgres_url)
     user = wanted.username or env.value("POSTGRES_USER", "postgres")
     password = wanted.password or env.value("POSTGRES_PASSWORD")
-    database = wanted.path.lstrip("/") or env.value("POSTGRES_DB", "postgres")
     auth = f"{user}:{password}@" if password else f"{user}@"
     host = admin.hostname or ""
     if ":" in host:

@@ -146,6 +146,11 @@ async def test_reset_test_rebuilds_the_test_database(project: Path) -> None:
     reset = _run(project, "reset", "test")
     assert "database dashtam_test rebuilt from the migrations" in reset.stdout
     stack = _stack(project, "test")
+    # The URL `up test` and `status` print for the test database is one that connects.
+    printed = next(w for w in _run(project, "status", "test").stdout.split() if w.startswith("postgresql+asyncpg://"))
+    assert printed.endswith("/dashtam_test")
+    conn = await asyncpg.connect(printed.replace("+asyncpg", ""))
+    await conn.close()
     conn = await asyncpg.connect(stack.postgres_url.rsplit("/", 1)[0] + "/dashtam_test")
     try:
         assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0002_connections_tokens"
