@@ -79,16 +79,31 @@ def normalise_redis_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "", parts.query, parts.fragment))
 
 
+def _attempt_timeout(deadline: float, last: BaseException | None) -> float | None:
+    """The timeout for the next attempt, or None to give up: at least one attempt with a fair timeout,
+    even when the other server used up the wait."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0 and last is not None:
+        return None
+    return max(remaining, 1.0)
+
+
+def _no_answer(server: str, url: str, started: float, last: BaseException | None, where: str) -> BackendError:
+    cause = _first_line(last) if last is not None else "no answer"
+    return BackendError(
+        f"{server} at {mask_url(url)} did not answer within {time.monotonic() - started:.1f}s: {cause}; "
+        f"check that the server runs and that {where}"
+    )
+
+
 async def _wait_postgres(url: str, deadline: float) -> dict[str, Any]:
     """Poll until PostgreSQL answers or the deadline passes; the server's version and our role's rights."""
     last: BaseException | None = None
     started = time.monotonic()
     while True:
-        # At least one attempt with a fair timeout, even when the other server used up the wait.
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 and last is not None:
+        remaining = _attempt_timeout(deadline, last)
+        if remaining is None:
             break
-        remaining = max(remaining, 1.0)
         try:
             conn = await asyncpg.connect(url, timeout=remaining)
         except _PERMANENT_PG_ERRORS as exc:
@@ -114,11 +129,12 @@ async def _wait_postgres(url: str, deadline: float) -> dict[str, Any]:
             }
         finally:
             await conn.close()
-    cause = _first_line(last) if last is not None else "no answer"
-    raise BackendError(
-        f"PostgreSQL at {mask_url(url)} did not answer within {time.monotonic() - started:.1f}s: {cause}; "
-        "check that the server runs and that "
-        "--dashtam-postgres-url / DASHTAM_POSTGRES_URL points at it (an admin connection)"
+    raise _no_answer(
+        "PostgreSQL",
+        url,
+        started,
+        last,
+        "--dashtam-postgres-url / DASHTAM_POSTGRES_URL points at it (an admin connection)",
     )
 
 
@@ -127,11 +143,9 @@ def _wait_redis(url: str, deadline: float) -> dict[str, Any]:
     last: BaseException | None = None
     started = time.monotonic()
     while True:
-        # At least one attempt with a fair timeout, even when the other server used up the wait.
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 and last is not None:
+        remaining = _attempt_timeout(deadline, last)
+        if remaining is None:
             break
-        remaining = max(remaining, 1.0)
         client = redis.Redis.from_url(url, socket_connect_timeout=remaining, socket_timeout=remaining)
         try:
             client.ping()
@@ -153,12 +167,7 @@ def _wait_redis(url: str, deadline: float) -> dict[str, Any]:
             ) from exc
         finally:
             client.close()
-    cause = _first_line(last) if last is not None else "no answer"
-    raise BackendError(
-        f"Redis at {mask_url(url)} did not answer within {time.monotonic() - started:.1f}s: {cause}; "
-        "check that the server runs and that "
-        "--dashtam-redis-url / DASHTAM_REDIS_URL points at it"
-    )
+    raise _no_answer("Redis", url, started, last, "--dashtam-redis-url / DASHTAM_REDIS_URL points at it")
 
 
 class ExternalBackend:
