@@ -83,7 +83,8 @@ def load_env(name: EnvName, root: Path) -> Env:
 
 
 def _state_dir(env: Env) -> Path:
-    return env.root / ".dashtam" / env.name
+    # The backends' own default, so a pytest run finds the stacks this CLI leaves running.
+    return BackendOptions(env=env.name, project_root=env.root).resolved_state_dir()
 
 
 def _remembered_backend(env: Env) -> BackendName | None:
@@ -176,10 +177,6 @@ def app_redis_url(stack: Stack, env: Env) -> str:
     return f"{stack.redis_url.rstrip('/')}/{index}"
 
 
-def _admin_dsn(stack: Stack) -> str:
-    return stack.postgres_url
-
-
 async def _provision_dev(stack: Stack, env: Env) -> None:
     """Create the dev role and database if they are missing; never drop or alter data."""
     import asyncpg
@@ -187,7 +184,7 @@ async def _provision_dev(stack: Stack, env: Env) -> None:
     user = env.value("POSTGRES_USER", "dashtam_user")
     password = env.value("POSTGRES_PASSWORD")
     database = env.value("POSTGRES_DB", "dashtam")
-    conn = await asyncpg.connect(_admin_dsn(stack))
+    conn = await asyncpg.connect(stack.postgres_url)
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user):
             # Identifiers and literals cannot be bound parameters in DDL: quote them server-side.
