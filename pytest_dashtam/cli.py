@@ -26,6 +26,7 @@ from dotenv import dotenv_values
 
 from pytest_dashtam.backends import Backend, BackendName, BackendOptions, Stack, get_backend
 from pytest_dashtam.backends.base import EnvName, SupportsDown, SupportsLogs
+from pytest_dashtam.config import PluginConfig
 from pytest_dashtam.errors import BackendError, ConfigError, DashtamError, SafetyError
 from pytest_dashtam.urls import mask_url
 
@@ -242,8 +243,7 @@ def run_apps(stack: Stack, env: Env) -> int:
     # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops each server once
     # (a second SIGINT makes uvicorn abort its shutdown with a traceback).
     procs = {
-        name: subprocess.Popen(cmd, env=environ, cwd=env.root, start_new_session=True)
-        for name, cmd in commands.items()
+        name: subprocess.Popen(cmd, env=environ, cwd=env.root, start_new_session=True) for name, cmd in commands.items()
     }
     _say(f"api on http://127.0.0.1:{api_port}, callback on http://127.0.0.1:{callback_port}; Ctrl-C stops them")
     stopping = False
@@ -335,52 +335,115 @@ def cmd_logs(env: Env, backend_choice: BackendChoice, *, lines: int, timeout: fl
     return 0
 
 
-async def _reset_test(stack: Stack, env: Env) -> str:
-    """environment-flows.md's init_test_db: check the test settings, rebuild the schema from the
-    migrations into a fresh `dashtam_test`, and empty the test Redis index."""
+def plugin_config(env: Env) -> PluginConfig:
+    """The plugin's own configuration of this project (pyproject's [tool.pytest.ini_options], pytest.ini,
+    DASHTAM_* variables), so the CLI goes through the same gate with the same dev database and index."""
+    from pytest_dashtam.config import OPTIONS, build_config
+
+    ini = _ini_values(env.root)
+    by_key = {o.ini: o.name for o in OPTIONS}
+    values = {by_key[k]: v for k, v in ini.items() if k in by_key}
+    return build_config({"env_file": str(env.env_file)}, os.environ, values, env.root)
+
+
+def _ini_values(root: Path) -> dict[str, object]:
+    """pytest's ini keys for the plugin, from pytest.ini (which wins, as in pytest) or pyproject.toml."""
+    import configparser
+    import tomllib
+
+    pytest_ini = root / "pytest.ini"
+    if pytest_ini.is_file():
+        parser = configparser.ConfigParser()
+        parser.read(pytest_ini)
+        if parser.has_section("pytest"):
+            return {k: v for k, v in parser.items("pytest") if k.startswith("dashtam_")}
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {pyproject}: {exc}") from None
+        section = data.get("tool", {}).get("pytest", {}).get("ini_options", {})
+        return {k: v for k, v in section.items() if k.startswith("dashtam_")}
+    return {}
+
+
+def _gate(config: PluginConfig) -> None:
+    """The plugin's checks that need no server, before anything starts or connects."""
+    from pytest_dashtam import safety
+
+    safety.raise_for(
+        safety.check_env_file(
+            config.env_values,
+            dev_database=config.dev_database,
+            dev_redis_index=config.dev_redis_index,
+            test_database=config.test_database,
+            redis_index=config.redis_index,
+        )
+    )
+
+
+async def _reset_test(stack: Stack, env: Env, config: PluginConfig) -> str:
+    """environment-flows.md's init_test_db: the plugin's gate, then the schema rebuilt from the migrations
+    into a fresh test database, and the test Redis index emptied, each only while this command holds its
+    lease (a running pytest holds them too: reset refuses then, instead of pulling them from under it)."""
     from redis.asyncio import Redis
 
-    from pytest_dashtam import safety, schema
+    from pytest_dashtam import schema
+    from pytest_dashtam.leases import Leases, flush_owned_index
 
-    database_url = app_database_url(stack, env)
-    redis_url = app_redis_url(stack, env)
-    test_db = urlsplit(database_url).path.lstrip("/")
-    violations = safety.check_all(
-        environment=env.value("ENVIRONMENT"),
-        testing=env.value("TESTING").lower() in {"1", "true", "yes", "on"},
-        database_url=database_url,
-        redis_url=redis_url,
-        dev_database=os.environ.get("DASHTAM_DEV_DATABASE", "dashtam"),
-        dev_redis_index=0,
-        redis_databases=stack.redis_databases,
-        allowed_hosts=tuple(stack.details.get("services", ())),
-    )
-    safety.raise_for(violations)
-    template = await schema.ensure_template(
-        stack.postgres_url,
-        test_db=test_db,
-        alembic_ini=str(env.root / "alembic.ini"),
-        metadata=None,
-        rebuild=True,
-    )
-    await schema.create_test_database(
-        stack.postgres_url, test_db, template=template.name, per_database_tuning=not stack.owns_servers
-    )
-    client = Redis.from_url(redis_url)
+    _gate(config)
+    test_db = config.test_database
+    owner = f"cli{os.getpid()}"
+    leases = Leases(stack.postgres_url, stack.redis_url, owner)
+    leases.open()
     try:
-        await client.flushdb()  # this index only: checked above not to be the dev index
+        database = leases.claim_database(test_db, adopt_unstamped=stack.owns_servers, dev_database=config.dev_database)
+        if database != test_db:
+            raise SafetyError(
+                f"the test database {test_db} is held by a running test run or is not the plugin's; "
+                "stop that run (or drop the database yourself if it is disposable) and reset again"
+            )
+        index = leases.claim_redis_index(config.redis_index, databases=stack.redis_databases, skip=())
+        if index != config.redis_index:
+            raise SafetyError(
+                f"the test Redis index {config.redis_index} is held by a running test run or holds someone "
+                "else's keys; stop that run (or empty the index yourself) and reset again"
+            )
+        template = await schema.ensure_template(
+            stack.postgres_url,
+            test_db=test_db,
+            alembic_ini=str(config.alembic_ini) if config.alembic_ini else str(env.root / "alembic.ini"),
+            metadata=None,
+            rebuild=True,
+            dev_database=config.dev_database,
+        )
+        await schema.create_test_database(
+            stack.postgres_url,
+            test_db,
+            template=template.name,
+            per_database_tuning=not stack.owns_servers,
+            dev_database=config.dev_database,
+        )
+        client = Redis.from_url(f"{stack.redis_url.rstrip('/')}/{index}", client_name=f"pytest-dashtam-{owner}")
+        try:
+            await flush_owned_index(client, index, owner, release=True)
+        finally:
+            await client.aclose()
     finally:
-        await client.aclose()
+        leases.close()
     return test_db
 
 
 def cmd_reset(env: Env, backend_choice: BackendChoice, *, timeout: float) -> int:
     if env.name != "test":
         raise UsageProblem("only the test environment can be reset: the dev database is never dropped")
+    config = plugin_config(env)
+    _gate(config)
     name = resolve_backend(backend_choice, env, for_start=True)
     stack = make_backend(name, env, timeout=timeout).start()
     _remember_backend(env, name)
-    test_db = asyncio.run(_reset_test(stack, env))
+    test_db = asyncio.run(_reset_test(stack, env, config))
     _say(f"test: database {test_db} rebuilt from the migrations, Redis index {app_redis_url(stack, env)} emptied")
     return 0
 

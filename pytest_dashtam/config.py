@@ -67,23 +67,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "env_file",
-        "the test environment file the app's settings are loaded from (default env/.env.test)",
-        default="env/.env.test",
+        "the test environment file the app's settings are loaded from (default env/.env.test, else .env.test)",
     ),
+    Option("settings", "the app's pydantic-settings class, module:attr, e.g. myapp.config:Settings (no default)"),
     Option(
-        "settings",
-        "the app's pydantic-settings class, module:attr (default dashtam.core.config:Settings)",
-        default="dashtam.core.config:Settings",
-    ),
-    Option(
-        "app",
-        "the ASGI app or app factory for the `client` fixture, module:attr (default dashtam.main:app)",
-        default="dashtam.main:app",
+        "app", "the ASGI app or app factory for the `client` fixture, module:attr, e.g. myapp.main:app (no default)"
     ),
     Option(
         "metadata",
-        "the app's SQLAlchemy MetaData, module:attr (default dashtam.models:Base.metadata)",
-        default="dashtam.models:Base.metadata",
+        "the app's SQLAlchemy MetaData, module:attr, e.g. myapp.models:Base.metadata (needed without Alembic)",
     ),
     Option(
         "alembic_ini",
@@ -92,13 +84,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "session_dependency",
-        "the app's FastAPI session dependency that `client` overrides (default dashtam.core.database:get_session)",
-        default="dashtam.core.database:get_session",
+        "the app's FastAPI session dependency that `client` overrides with db_session, module:attr (optional)",
     ),
     Option(
         "redis_dependency",
-        "the app's FastAPI Redis dependency that `client` overrides (default dashtam.core.redis:get_redis)",
-        default="dashtam.core.redis:get_redis",
+        "the app's FastAPI Redis dependency that `client` overrides with redis_client, module:attr (optional)",
     ),
     Option(
         "compose_files",
@@ -106,6 +96,10 @@ OPTIONS: tuple[Option, ...] = (
         kind="list",
         default=("docker/docker-compose.test.yml",),
         cli_name="--dashtam-compose-file",
+    ),
+    Option(
+        "compose_project",
+        "the compose project name of the test stack (default dashtam-test; give each project its own)",
     ),
     Option("postgres_url", "an existing PostgreSQL server's admin URL (external backend), not the test database"),
     Option("redis_url", "an existing Redis server's URL (external backend); the plugin chooses the index"),
@@ -162,13 +156,16 @@ class PluginConfig:
 
     backend: BackendChoice
     env_file: Path
-    settings: str
-    app: str
-    metadata: str
+    # module:attr strings of the project's objects; None when the project did not name them (no default
+    # may silently point at another project's code: a fixture that needs one says which key to set).
+    settings: str | None
+    app: str | None
+    metadata: str | None
     alembic_ini: Path | None
-    session_dependency: str
-    redis_dependency: str
+    session_dependency: str | None
+    redis_dependency: str | None
     compose_files: tuple[str, ...]
+    compose_project: str | None
     postgres_url: str | None
     redis_url: str | None
     keep: bool
@@ -200,7 +197,7 @@ class PluginConfig:
         if isinstance(value, tuple):
             value = ",".join(value)
         source = self.source(name)
-        return f"{name}={value} ({'default' if source == 'default' else 'from ' + source})"
+        return f"{name}={value} ({source if source.startswith('default') else 'from ' + source})"
 
 
 def parse_bool(text: str, where: str) -> bool:
@@ -301,12 +298,31 @@ def _dev_env_values(env_file: Path) -> dict[str, str]:
     return {}
 
 
+_IMPORT_EXAMPLES = {
+    "settings": "myapp.core.config:Settings",
+    "app": "myapp.main:app",
+    "metadata": "myapp.models:Base.metadata",
+    "session_dependency": "myapp.core.database:get_session",
+    "redis_dependency": "myapp.core.redis:get_redis",
+}
+# Where the test env file is looked for when no option names it, in order.
+DEFAULT_ENV_FILES = ("env/.env.test", ".env.test")
+
+
 def _check_import_string(name: str, value: str, source: str) -> None:
     if not _IMPORT_STRING.match(value):
         raise ConfigError(
             f"dashtam_{name}={value!r} (from {source}) is not an import string; write it as module:attr, "
-            f"e.g. {OPTIONS_BY_NAME[name].default}"
+            f"e.g. {_IMPORT_EXAMPLES[name]}"
         )
+
+
+def env_value(values: Mapping[str, str], name: str) -> str | None:
+    """A variable of an env file whatever its case: pydantic-settings matches names case-insensitively."""
+    if name in values:
+        return values[name]
+    lowered = name.lower()
+    return next((v for k, v in values.items() if k.lower() == lowered), None)
 
 
 def build_config(
@@ -323,16 +339,36 @@ def build_config(
         raise ConfigError(
             f"dashtam_backend={backend!r} (from {src('backend')}) is not a backend; valid values: {', '.join(BACKENDS)}"
         )
-    env_file = _resolve_path(root, str(values["env_file"]))
+    if values["env_file"] is None:
+        candidates = [_resolve_path(root, name) for name in DEFAULT_ENV_FILES]
+        env_file = next((c for c in candidates if c.is_file()), candidates[0])
+    else:
+        env_file = _resolve_path(root, str(values["env_file"]))
+    if env_file.is_dir():
+        raise ConfigError(
+            f"the test env file {env_file} (dashtam_env_file from {src('env_file')}) is a directory; "
+            "point --dashtam-env-file / DASHTAM_ENV_FILE / dashtam_env_file at the file itself"
+        )
     if not env_file.is_file():
         raise ConfigError(
             f"the test env file {env_file} (dashtam_env_file from {src('env_file')}) does not exist; "
             "create it or point --dashtam-env-file / DASHTAM_ENV_FILE / dashtam_env_file at it"
         )
-    for name in ("settings", "app", "metadata", "session_dependency", "redis_dependency"):
-        _check_import_string(name, str(values[name]), src(name))
+    for name in _IMPORT_EXAMPLES:
+        if values[name] is not None:
+            _check_import_string(name, str(values[name]), src(name))
     alembic_raw = str(values["alembic_ini"]).strip()
     alembic_ini = _resolve_path(root, alembic_raw) if alembic_raw else None
+    if alembic_ini is not None and not alembic_ini.is_file() and src("alembic_ini") == "default":
+        # A project without Alembic: its metadata builds the schema, and the plugin says so in the header.
+        if values["metadata"] is None:
+            raise ConfigError(
+                f"no schema source: there is no {alembic_ini.name} in {root} and dashtam_metadata is not set; "
+                "set dashtam_alembic_ini to the project's alembic.ini, or dashtam_metadata to its "
+                "SQLAlchemy metadata (e.g. myapp.models:Base.metadata)"
+            )
+        alembic_ini = None
+        sources = {**sources, "alembic_ini": "default: no alembic.ini, metadata.create_all"}
     if alembic_ini is not None and not alembic_ini.is_file():
         raise ConfigError(
             f"the Alembic config {alembic_ini} (dashtam_alembic_ini from {src('alembic_ini')}) does not exist; "
@@ -357,18 +393,24 @@ def build_config(
         )
 
     env_values = read_env_file(env_file)
-    test_database = _path_db(env_values.get("DATABASE_URL")) or "dashtam_test"
+    test_database = _path_db(env_value(env_values, "DATABASE_URL"))
+    if not test_database:
+        raise ConfigError(
+            f"the test env file {env_file} sets no DATABASE_URL with a database name; add one such as "
+            "DATABASE_URL=postgresql+asyncpg://localhost/myapp_test (the plugin keeps the name and driver, and "
+            "points host, port and credentials at the test stack)"
+        )
     dev_values = _dev_env_values(env_file)
     dev_database = _optional_str(values["dev_database"])
     if dev_database is None:
-        dev_database = _path_db(dev_values.get("DATABASE_URL")) or "dashtam"
+        dev_database = _path_db(env_value(dev_values, "DATABASE_URL")) or "dashtam"
     dev_redis_index = cast("int | None", values["dev_redis_index"])
     if dev_redis_index is None:
-        dev_redis_index = _url_index(dev_values.get("REDIS_URL"))
+        dev_redis_index = _url_index(env_value(dev_values, "REDIS_URL"))
         dev_redis_index = 0 if dev_redis_index is None else dev_redis_index
     redis_index = cast("int | None", values["redis_index"])
     if redis_index is None:
-        redis_index = _url_index(env_values.get("REDIS_URL"))
+        redis_index = _url_index(env_value(env_values, "REDIS_URL"))
         redis_index = 1 if redis_index is None else redis_index
     if redis_index < 0:
         raise ConfigError(f"dashtam_redis_index={redis_index} (from {src('redis_index')}) is negative; use 1 or more")
@@ -379,13 +421,14 @@ def build_config(
     return PluginConfig(
         backend=cast(BackendChoice, backend),
         env_file=env_file,
-        settings=str(values["settings"]),
-        app=str(values["app"]),
-        metadata=str(values["metadata"]),
+        settings=_optional_str(values["settings"]),
+        app=_optional_str(values["app"]),
+        metadata=_optional_str(values["metadata"]),
         alembic_ini=alembic_ini,
-        session_dependency=str(values["session_dependency"]),
-        redis_dependency=str(values["redis_dependency"]),
+        session_dependency=_optional_str(values["session_dependency"]),
+        redis_dependency=_optional_str(values["redis_dependency"]),
         compose_files=tuple(cast("tuple[str, ...]", values["compose_files"])),
+        compose_project=_optional_str(values["compose_project"]),
         postgres_url=postgres_url,
         redis_url=redis_url,
         keep=bool(values["keep"]),

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from pytest_dashtam.backends.base import Stack
     from pytest_dashtam.config import PluginConfig
+    from pytest_dashtam.guard import ConnectionGuard
     from pytest_dashtam.isolation import LoopEngines, LoopRedisPools, WriteTracker
 
 RUN_KEY = pytest.StashKey[DashtamRun]()
@@ -87,6 +88,15 @@ def dashtam_config(_dashtam_run: DashtamRun) -> PluginConfig:
 
 
 @pytest.fixture(scope="session")
+def dashtam_guard(_dashtam_run: DashtamRun) -> ConnectionGuard:
+    """The connection guard: `.allow_database(name)` for a scratch database a test makes on the stack."""
+    if _dashtam_run.guard is None:
+        pytest.fail("pytest-dashtam's connection guard is not installed in this process", pytrace=False)
+    guard: ConnectionGuard = _dashtam_run.guard
+    return guard
+
+
+@pytest.fixture(scope="session")
 def dashtam_stack(_dashtam_prepared: Prepared) -> Stack:
     """The running PostgreSQL + Redis stack: URLs (masked repr), versions, applied tuning."""
     return _dashtam_prepared.stack
@@ -95,6 +105,12 @@ def dashtam_stack(_dashtam_prepared: Prepared) -> Stack:
 @pytest.fixture(scope="session")
 def dashtam_settings(_dashtam_prepared: Prepared) -> Any:
     """The app's settings for this worker (its database and Redis index), safety-checked."""
+    if _dashtam_prepared.settings is None:
+        pytest.fail(
+            "dashtam_settings needs the project's settings class: set dashtam_settings = 'myapp.config:Settings' "
+            "in [tool.pytest.ini_options] (or --dashtam-settings / DASHTAM_SETTINGS)",
+            pytrace=False,
+        )
     return _dashtam_prepared.settings
 
 
@@ -187,7 +203,9 @@ async def redis_client(
         yield client
     finally:
         try:
-            await flush_test_index(client, _dashtam_prepared.redis_index, _dashtam_run.config.dev_redis_index)
+            await flush_test_index(
+                client, _dashtam_prepared.redis_index, _dashtam_run.config.dev_redis_index, _dashtam_run.owner
+            )
         finally:
             await client.aclose()
 
@@ -196,6 +214,11 @@ async def redis_client(
 def _dashtam_app(_dashtam_run: DashtamRun) -> tuple[Any, Any, Any]:
     config = _dashtam_run.config
     try:
+        if config.app is None:
+            raise ConfigError(
+                "the client fixture needs the project's ASGI app: set dashtam_app = 'myapp.main:app' in "
+                "[tool.pytest.ini_options] (or --dashtam-app / DASHTAM_APP)"
+            )
         target = import_object(config.app, "app")
         if not hasattr(target, "dependency_overrides"):
             if not callable(target):
@@ -206,8 +229,10 @@ def _dashtam_app(_dashtam_run: DashtamRun) -> tuple[Any, Any, Any]:
                 f"dashtam_app={config.app!r} did not give a FastAPI app (no dependency_overrides); "
                 "point it at the app or at a function returning it"
             )
-        session_dep = import_object(config.session_dependency, "session_dependency")
-        redis_dep = import_object(config.redis_dependency, "redis_dependency")
+        session_dep = (
+            import_object(config.session_dependency, "session_dependency") if config.session_dependency else None
+        )
+        redis_dep = import_object(config.redis_dependency, "redis_dependency") if config.redis_dependency else None
     except BaseException as exc:
         message = _one_line(exc)
     else:
@@ -231,9 +256,9 @@ async def client(
         return redis_client
 
     missing = object()
-    saved = {dep: app.dependency_overrides.get(dep, missing) for dep in (session_dep, redis_dep)}
-    app.dependency_overrides[session_dep] = _session
-    app.dependency_overrides[redis_dep] = _redis
+    overrides = {dep: fn for dep, fn in ((session_dep, _session), (redis_dep, _redis)) if dep is not None}
+    saved = {dep: app.dependency_overrides.get(dep, missing) for dep in overrides}
+    app.dependency_overrides.update(overrides)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
             yield http

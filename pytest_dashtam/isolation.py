@@ -441,11 +441,14 @@ class _Cycle(Exception):
 # --- Redis ---------------------------------------------------------------------------------------------
 
 
-async def flush_test_index(client: Redis, index: int, dev_index: int) -> None:
-    """FLUSHDB on the test index, after checking the client really is on it and it is not the dev index.
+async def flush_test_index(client: Redis, index: int, dev_index: int, owner: str) -> None:
+    """FLUSHDB on the test index, after checking the client really is on it, it is not the dev index, and
+    no other run's stamp is on it (leases.flush_owned_index: the stamp is set again in the same step).
 
     Never FLUSHALL: other indexes hold other workers' and other people's data.
     """
+    from pytest_dashtam.leases import flush_owned_index
+
     raise_for([v for v in (check_redis_index(index, dev_index),) if v is not None])
     actual = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
     if actual != index:
@@ -453,8 +456,4 @@ async def flush_test_index(client: Redis, index: int, dev_index: int) -> None:
             f"refusing FLUSHDB: the Redis client is on index {actual}, the test index is {index}; "
             "do not change the client's database inside a test"
         )
-    # SELECT in the same MULTI: whatever a test did to its connection, FLUSHDB runs on the test index.
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.execute_command("SELECT", index)
-        pipe.flushdb()
-        await pipe.execute()
+    await flush_owned_index(client, index, owner)

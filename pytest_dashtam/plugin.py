@@ -17,11 +17,8 @@ import contextlib
 import functools
 import gc
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Generator, Mapping
-from pathlib import Path
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -43,13 +40,14 @@ from pytest_dashtam.fixtures import (
     _dashtam_transaction,
     client,
     dashtam_config,
+    dashtam_guard,
     dashtam_settings,
     dashtam_stack,
     db_engine,
     db_session,
     redis_client,
 )
-from pytest_dashtam.lifecycle import PHASES, DashtamRun, describe_report, export_env, restore_env
+from pytest_dashtam.lifecycle import PHASES, DashtamRun, Handoff, describe_report, export_env, restore_env
 
 __all__ = [
     "_dashtam_app",
@@ -61,6 +59,7 @@ __all__ = [
     "_dashtam_transaction",
     "client",
     "dashtam_config",
+    "dashtam_guard",
     "dashtam_settings",
     "dashtam_stack",
     "db_engine",
@@ -70,9 +69,10 @@ __all__ = [
 
 CONFIG_KEY = pytest.StashKey[PluginConfig]()
 SAVED_ENV_KEY = pytest.StashKey[dict[str, "str | None"]]()
-RUN_DIR_KEY = pytest.StashKey[Path]()
 PROBLEMS_KEY = pytest.StashKey[list[str]]()
 FROZE_GC_KEY = pytest.StashKey[bool]()
+# The xdist controller: what its workers reported at the end (workeroutput), for the summary.
+WORKER_REPORTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 ENTRY_POINT_NAME = "dashtam"
 
 
@@ -125,8 +125,42 @@ def _skip_work(namespace: Any) -> bool:
     return bool(getattr(namespace, "help", False) or getattr(namespace, "version", False))
 
 
+def _runs_no_tests(namespace: Any) -> bool:
+    """Runs that only list things: nothing to start (the guard still refuses every connection)."""
+    return any(
+        getattr(namespace, name, False)
+        for name in ("collectonly", "showfixtures", "show_fixtures_per_test", "markers", "setupplan")
+    )
+
+
+def _xdist_controller(namespace: Any) -> bool:
+    # Read before xdist's own pytest_cmdline_main turns -n into --dist=load: any -n above 0 distributes.
+    numprocesses = getattr(namespace, "numprocesses", None)
+    return bool(numprocesses) and str(numprocesses) != "0"
+
+
+def _pure_checks(c: PluginConfig) -> None:
+    """Every check that needs no server, before anything connects: a refusal is a UsageError (exit 4)."""
+    from pytest_dashtam import safety
+
+    violations = safety.check_env_file(
+        c.env_values,
+        dev_database=c.dev_database,
+        dev_redis_index=c.dev_redis_index,
+        test_database=c.test_database,
+        redis_index=c.redis_index,
+    )
+    violations += safety.check_servers(
+        postgres_url=c.postgres_url if c.backend in ("auto", "external") else None,
+        redis_url=c.redis_url if c.backend in ("auto", "external") else None,
+        allowed_hosts=c.allowed_hosts,
+    )
+    if violations:
+        raise pytest.UsageError("pytest-dashtam: " + "; ".join(v.message for v in violations))
+
+
 def _load(config: pytest.Config, namespace: Any) -> None:
-    """Read and validate once; a mistake is a UsageError, unless nothing was configured at all."""
+    """Read and check once, then open the stack: its URLs are the environment before any conftest runs."""
     if CONFIG_KEY in config.stash or CONFIG_ERROR_KEY in config.stash:
         return
     try:
@@ -136,9 +170,36 @@ def _load(config: pytest.Config, namespace: Any) -> None:
             raise pytest.UsageError(f"pytest-dashtam: {exc}") from None
         config.stash[CONFIG_ERROR_KEY] = exc
         return
+    _pure_checks(plugin_config)
     config.stash[CONFIG_KEY] = plugin_config
-    # Exported before conftests import the app, so the app's own settings read the test environment.
+    # The env file's values first (they win over the shell's), then the stack's URLs over them.
     config.stash[SAVED_ENV_KEY] = export_env(plugin_config.env_values)
+    handoff = Handoff.from_env(os.environ)
+    if handoff is not None:
+        run = DashtamRun(
+            plugin_config,
+            role="worker",
+            worker=os.environ["PYTEST_XDIST_WORKER"],
+            worker_count=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1),
+            handoff=handoff,
+        )
+    elif _xdist_controller(namespace):
+        count = namespace.numprocesses
+        run = DashtamRun(plugin_config, role="controller", worker_count=count if isinstance(count, int) else 2)
+    else:
+        run = DashtamRun(plugin_config)
+    config.stash[RUN_KEY] = run
+    if _runs_no_tests(namespace) or (run.role == "worker" and handoff is None):
+        run._install_guard()
+        return
+    # A run that dies before pytest's own cleanup (a conftest that fails to import) still takes its stack down.
+    atexit.register(_finish_at_exit, run)
+    run.open()
+
+
+def _finish_at_exit(run: DashtamRun) -> None:
+    with contextlib.suppress(Exception):
+        run.finish()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -162,44 +223,21 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if _skip_work(config.option):
         return
-    _load(config, config.option)
-    plugin_config = config.stash.get(CONFIG_KEY, None)
-    if plugin_config is None:
-        return
-    workerinput: Mapping[str, Any] | None = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        run_dir = workerinput.get("dashtam_run_dir") or os.path.join(
-            tempfile.gettempdir(), f"pytest-dashtam-{workerinput['testrunuid']}"
-        )
-        config.stash[RUN_KEY] = DashtamRun(
-            plugin_config,
-            worker=str(workerinput["workerid"]),
-            worker_count=int(workerinput["workercount"]),
-            shared_dir=Path(run_dir),
-        )
-    elif _xdist_controller(config):
-        config.stash[RUN_DIR_KEY] = Path(tempfile.mkdtemp(prefix="pytest-dashtam-"))
-    else:
-        config.stash[RUN_KEY] = DashtamRun(plugin_config)
-
-
-def _xdist_controller(config: pytest.Config) -> bool:
-    # Not "dsession is registered": xdist registers it in its own pytest_configure, maybe after this one.
-    return bool(getattr(config.option, "numprocesses", None)) and getattr(config.option, "dist", "no") != "no"
+    _load(config, config.option)  # a run started with pytest.main() and no initial conftests hook
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node: Any) -> None:
-    """xdist: hand every worker the directory where the run's workers share the stack."""
-    run_dir = node.config.stash.get(RUN_DIR_KEY, None)
-    if run_dir is not None:
-        node.workerinput["dashtam_run_dir"] = str(run_dir)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: keep what each worker reported about its database (its header lines, timings)."""
+    report = getattr(node, "workeroutput", {}).get("dashtam_report")
+    if report:
+        node.config.stash.setdefault(WORKER_REPORTS_KEY, []).append(report)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    run_dir = config.stash.get(RUN_DIR_KEY, None)
-    if run_dir is not None:  # xdist controller: the workers are gone, so is what they shared
-        shutil.rmtree(run_dir, ignore_errors=True)
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and PROBLEMS_KEY not in config.stash:  # no session ran (an error before it)
+        config.stash[PROBLEMS_KEY] = run.finish()
     saved = config.stash.get(SAVED_ENV_KEY, None)
     if saved is not None:
         restore_env(saved)
@@ -247,7 +285,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Prepare the stack once collection shows a test needs it; a failure is kept for those tests' errors."""
     config = session.config
     run = config.stash.get(RUN_KEY, None)
-    if run is None or config.option.collectonly or getattr(config.option, "setupplan", False):
+    if run is None or run.role == "controller" or _runs_no_tests(config.option):
         return
     if not _needs_stack(session.items):
         return
@@ -267,11 +305,26 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         error = config.stash.get(CONFIG_ERROR_KEY, None)
         return [f"dashtam: {__version__}, idle: {error}"] if error is not None else []
     c = plugin_config
+    run = config.stash.get(RUN_KEY, None)
+    controller = run is not None and run.role == "controller"
+    database = run.database if run is not None and run.database else c.test_database
     lines = [
         f"dashtam: {__version__}, {c.describe('backend')}, {c.describe('env_file')}, {c.describe('settings')}",
-        f"dashtam: test database {c.test_database}{'_gwN per xdist worker' if _xdist_controller(config) else ''}, "
+        f"dashtam: test database {database}{'_gwN per xdist worker' if controller else ''}, "
         f"{c.describe('redis_index')}, {c.describe('dev_database')}, {c.describe('dev_redis_index')}",
     ]
+    if run is not None and run.stack is not None and run.error is None:
+        lines.append(f"dashtam: {run.describe_stack()}")
+    if controller and run is not None:  # elsewhere the notes come with the database line, once prepared
+        lines.extend(f"dashtam: {note}" for note in run.notes)
+    missing = [
+        f"dashtam_{name}" for name in ("app", "session_dependency", "redis_dependency") if getattr(c, name) is None
+    ]
+    if missing:
+        lines.append(
+            f"dashtam: not set: {', '.join(missing)} "
+            "(`client` needs dashtam_app; a dependency not named is not overridden)"
+        )
     if c.postgres_url and c.redis_url:
         from pytest_dashtam.urls import mask_url
 
@@ -318,7 +371,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     `_unfreeze_gc` undoes it.
     """
     config = session.config
-    if (RUN_KEY not in config.stash and RUN_DIR_KEY not in config.stash) or gc.get_freeze_count() != 0:
+    if RUN_KEY not in config.stash or gc.get_freeze_count() != 0:
         return
     gc.freeze()
     config.stash[FROZE_GC_KEY] = True
@@ -346,43 +399,34 @@ def _unfreeze_gc(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Drop this process's database and stop what it started (after every fixture is torn down)."""
+    """Drop this process's database, release its leases and stop what it started (after every fixture is
+    torn down; in the xdist controller, after the workers are gone)."""
     config = session.config
     run = config.stash.get(RUN_KEY, None)
     if run is None:
         return
     config.stash[PROBLEMS_KEY] = run.finish()
-    if run.shared is not None and run.worker is not None:
-        run.shared.write(f"report-{run.worker}.json", run.report())
-
-
-def _worker_reports(run_dir: Path) -> list[dict[str, Any]]:
-    import json
-
-    reports = []
-    for path in sorted(run_dir.glob("report-*.json")):
-        try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return reports
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["dashtam_report"] = run.report()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Teardown problems, the stack under xdist (the controller's header could not know it), timings."""
+    """Teardown problems, the workers' databases under xdist, timings."""
     plugin_config = config.stash.get(CONFIG_KEY, None)
     if plugin_config is None:
         return
     run = config.stash.get(RUN_KEY, None)
-    run_dir = config.stash.get(RUN_DIR_KEY, None)
     lines: list[str] = []
     reports: list[dict[str, Any]] = []
-    if run is not None and (run.prepared is not None or run.error is not None):
+    if run is not None and run.role == "controller":
+        lines.extend(f"dashtam: {note}" for note in run.notes)
+        worker_reports: list[dict[str, Any]] = config.stash.get(WORKER_REPORTS_KEY, [])
+        reports = sorted(worker_reports, key=lambda r: str(r.get("database", "")))
+        for report in reports:
+            lines.extend(describe_report(report)[1:] if "error" not in report else describe_report(report))
+    elif run is not None and (run.prepared is not None or run.error is not None):
         reports = [run.report()]
-    elif run_dir is not None:
-        reports = [r for r in _worker_reports(run_dir) if r]
-        if reports:
-            lines.extend(describe_report(reports[0]))
     lines.extend(f"dashtam: teardown problem: {p}" for p in config.stash.get(PROBLEMS_KEY, []))
     if plugin_config.timings:
         for report in reports:

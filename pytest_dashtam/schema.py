@@ -5,20 +5,23 @@ database with `CREATE DATABASE ... TEMPLATE` costs a few. So the template `<test
 the server across runs while the hash of its inputs (the Alembic scripts, or the metadata's DDL without
 Alembic) matches, the way pgtestdb does it in Go, and each run clones fresh test databases from it.
 
-Every DROP DATABASE in this module goes through `_drop_database`, which runs the name check and the live
-ownership check (safety.check_owned_or_absent) immediately before the statement: a database the plugin did
-not stamp when it created it is never dropped, whatever it is called.
+Every DROP DATABASE of a named database goes through `_drop_database`, which runs the name check and the
+live ownership check (safety.check_owned_or_absent) immediately before the statement: a database the plugin
+did not stamp when it created it is never dropped, whatever it is called. The one other DROP,
+`_drop_unfinished`, takes only names of the `pdt_test_new_<16 hex>` form: the name a database has between
+its CREATE and its RENAME, which only the plugin ever gives.
 """
 
 from __future__ import annotations
 
 import asyncio
-import configparser
+import contextlib
 import hashlib
 import os
-import threading
+import re
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
+from pytest_dashtam._migrate import EXIT_REFUSED, INI_VAR, REFUSAL_FIX, URL_VAR
 from pytest_dashtam.errors import BackendError, ConfigError, SafetyError, SchemaError
 from pytest_dashtam.safety import (
     check_owned_or_absent,
@@ -40,9 +44,8 @@ from pytest_dashtam.urls import mask_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
-    from alembic.script import ScriptDirectory
     from sqlalchemy import MetaData
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import URL, Connection
 
 # Bump when the way a template is built changes, so templates built by an older plugin are rebuilt.
 _BUILD_VERSION = b"pytest-dashtam template v1\n"
@@ -55,6 +58,12 @@ ROLE_TEST = "test"
 # How long a CREATE DATABASE ... TEMPLATE is retried while the template is briefly in use.
 _CLONE_RETRY_SECONDS = 10.0
 _CONNECT_TIMEOUT = 10.0
+# How long a creation waits for another creator of the same database name.
+_CREATE_LOCK_SECONDS = 60.0
+# The name a database has from its CREATE until its RENAME: only the plugin makes names of this form, so a
+# database called so whose creator is gone is a crashed creation, droppable although it carries no stamp.
+_UNFINISHED_PREFIX = "pdt_test_new_"
+_UNFINISHED_NAME = re.compile(r"pdt_test_new_[0-9a-f]{16}")
 
 
 # --- names and URLs ---------------------------------------------------------------------------------
@@ -105,7 +114,8 @@ def _literal(text: str) -> str:
 # --- the hash ------------------------------------------------------------------------------------------
 
 
-def _alembic_config(alembic_ini: str, url: str | None = None) -> Config:
+def _alembic_config(alembic_ini: str) -> Config:
+    """The project's Alembic configuration, read in this process only for the script files and heads."""
     from alembic.config import Config
 
     path = Path(alembic_ini)
@@ -114,49 +124,32 @@ def _alembic_config(alembic_ini: str, url: str | None = None) -> Config:
             f"alembic.ini not found at {alembic_ini!r}; set dashtam_alembic_ini to its path, "
             "or to an empty value to build the schema with metadata.create_all"
         )
-    config = Config(str(path))
-    # The application's env.py must not reconfigure the test runner's logging.
-    config.attributes["configure_logger"] = False
-    if url is not None:
-        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser interpolation
-    return config
+    return Config(str(path))
 
 
-def _script_directory(alembic_ini: str) -> ScriptDirectory:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(_alembic_config(alembic_ini))
+@contextlib.contextmanager
+def _sys_path_kept() -> Iterator[None]:
+    """Alembic prepends `prepend_sys_path` to sys.path on every ScriptDirectory.from_config: undone after."""
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def _script_locations(alembic_ini: str) -> tuple[Path, list[Path]]:
-    """(script directory, version locations) read straight from the ini file.
+    """(script directory, version locations) as Alembic itself resolves them from the configuration."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
 
-    Reading the ini with configparser instead of importing Alembic keeps the warm path (hash, cache hit)
-    about 0.1 s faster; configurations it cannot read (package resources, pyproject-only) go through Alembic.
-    """
-    ini = Path(alembic_ini)
-    if not ini.is_file():
-        _alembic_config(alembic_ini)  # raises the one-line ConfigError
-    parser = configparser.ConfigParser(defaults={"here": str(ini.resolve().parent)})
-    parser.read(ini)
-    location = parser.get("alembic", "script_location", fallback="")
-    if not location or (":" in location and not Path(location).is_absolute() and not Path(location).exists()):
-        script = _script_directory(alembic_ini)
-        versions = getattr(script, "_version_locations", None) or [script.versions]
-        return Path(script.dir), [Path(p) for p in versions]
-    root = Path(location)
-    raw = parser.get("alembic", "version_locations", fallback="")
-    if not raw:
-        return root, [root / "versions"]
-    legacy = parser.get("alembic", "version_path_separator", fallback="")
-    separator = parser.get("alembic", "path_separator", fallback=legacy)
-    if separator == "os":
-        parts = raw.split(os.pathsep)
-    elif separator in ("space", "newline", ""):
-        parts = raw.replace(",", " ").split()
-    else:
-        parts = raw.split({"colon": ":", "semicolon": ";"}.get(separator, separator))
-    return root, [Path(p.strip()) for p in parts if p.strip()]
+    config = _alembic_config(alembic_ini)
+    with _sys_path_kept():
+        try:
+            script = ScriptDirectory.from_config(config)
+        except CommandError as exc:
+            raise ConfigError(f"cannot read the Alembic scripts configured in {alembic_ini!r}: {exc}") from exc
+        versions = getattr(script, "_version_locations", None) or [Path(script.dir, "versions")]
+        return Path(script.dir).resolve(), [Path(p).resolve() for p in versions]
 
 
 def _alembic_files(alembic_ini: str) -> list[tuple[str, Path]]:
@@ -229,19 +222,41 @@ def _lock_key(scope: str) -> int:
     return int.from_bytes(hashlib.blake2b(scope.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+async def _try_lock(conn: asyncpg.Connection, key: int) -> bool:
+    """The advisory lock `key` if no one on the whole server holds it; False, holding nothing, otherwise.
+
+    Advisory locks belong to the database the session is connected to: two runs whose admin URLs name
+    different databases would both get the same key. pg_locks shows every database's locks, so a holder
+    elsewhere is seen and the lock given back.
+    """
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        return False
+    elsewhere = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted "
+        "AND pid <> pg_backend_pid() AND classid::int8 = $1 AND objid::int8 = $2)",
+        (key >> 32) & 0xFFFFFFFF,
+        key & 0xFFFFFFFF,
+    )
+    if elsewhere:
+        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        return False
+    return True
+
+
 @asynccontextmanager
-async def _advisory_lock(conn: asyncpg.Connection, scope: str, wait: float) -> AsyncIterator[None]:
-    """Serialise template work across xdist workers and concurrent runs on the same server.
+async def _advisory_lock(conn: asyncpg.Connection, scope: str, wait: float, *, holder: str = "") -> AsyncIterator[None]:
+    """Serialise template work and database creation across xdist workers and concurrent runs on the server.
 
     Session-level, so the server releases it if the holder dies; polled so a stuck holder gives an error
     instead of a hang.
     """
     key = _lock_key(f"pytest-dashtam:{scope}")
     deadline = time.monotonic() + wait
-    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+    while not await _try_lock(conn, key):
         if time.monotonic() > deadline:
+            doing = holder or f"building the template for {scope.removeprefix('template:')!r}"
             raise SchemaError(
-                f"waited {wait:.0f}s for another pytest-dashtam process building the template for {scope!r}; "
+                f"waited {wait:.0f}s for another pytest-dashtam process {doing}; "
                 "check for a stuck test run (pg_locks, locktype 'advisory') and stop it"
             )
         await asyncio.sleep(0.05)
@@ -259,8 +274,12 @@ async def _terminate_connections(conn: asyncpg.Connection, name: str) -> None:
     )
 
 
+def _force_suffix(conn: asyncpg.Connection) -> str:
+    return " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
+
+
 async def _drop_database(conn: asyncpg.Connection, name: str, *, dev_database: str | None, force: bool) -> bool:
-    """The only DROP DATABASE in the plugin: runs the checks first, then drops. False if it was absent.
+    """The DROP DATABASE for every named database: runs the checks first, then drops. False if it was absent.
 
     `force` terminates the database's connections first (test databases); templates are dropped without it,
     so a template another run is cloning from right now makes the DROP fail instead of breaking that run.
@@ -274,23 +293,114 @@ async def _drop_database(conn: asyncpg.Connection, name: str, *, dev_database: s
         return False
     if force:
         await _terminate_connections(conn, name)
-        suffix = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
+        suffix = _force_suffix(conn)
     else:
         suffix = ""
     await conn.execute(f"DROP DATABASE IF EXISTS {_ident(name)}{suffix}")
     return True
 
 
-async def _create_database(conn: asyncpg.Connection, name: str, *, template: str, stamp: str) -> None:
-    """CREATE DATABASE from `template`, then the ownership stamp (CREATE DATABASE cannot run in a transaction).
+def unfinished_name(name: str) -> str:
+    """The name `name` has while it is being created (`pdt_test_new_` + 16 hex of its hash)."""
+    return _UNFINISHED_PREFIX + hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
 
-    Retried briefly while the template is in use: PostgreSQL refuses to copy a database anyone is connected to.
+
+def _creation_scope(unfinished: str) -> str:
+    return f"create:{unfinished}"
+
+
+async def _drop_unfinished(conn: asyncpg.Connection, name: str) -> bool:
+    """The DROP for a creation that never finished: only a `pdt_test_new_<16 hex>` name goes through here.
+
+    Such a database carries no stamp (or one written just before the crash), so the ownership check cannot
+    apply; the name is the guarantee, and the caller holds the creation lock, so no live creator owns it.
     """
+    if not _UNFINISHED_NAME.fullmatch(name):
+        raise SafetyError(
+            f"refusing to drop database {name!r} as an unfinished creation: only names of the form "
+            f"{_UNFINISHED_PREFIX}<16 hex> are, and only pytest-dashtam makes them"
+        )
+    raise_for([v for v in (check_test_name(name, ""),) if v is not None])
+    exists, _ = await database_comment(conn, name)
+    if not exists:
+        return False
+    await _terminate_connections(conn, name)
+    await conn.execute(f"DROP DATABASE IF EXISTS {_ident(name)}{_force_suffix(conn)}")
+    return True
+
+
+async def reclaim_unfinished(conn: asyncpg.Connection) -> list[str]:
+    """Drop the databases a crashed creation left under its unfinished name; returns the names dropped.
+
+    A creator holds its creation lock from before the CREATE until after the RENAME, and the server releases
+    it when the creator dies: an unfinished name whose lock can be taken now has no creator left.
+    """
+    rows = await conn.fetch(
+        "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
+        _UNFINISHED_PREFIX.replace("_", "\\_") + "%",
+    )
+    dropped: list[str] = []
+    for name in (r["datname"] for r in rows):
+        if not _UNFINISHED_NAME.fullmatch(name):
+            continue
+        key = _lock_key(f"pytest-dashtam:{_creation_scope(name)}")
+        if not await _try_lock(conn, key):
+            continue  # its creator is alive
+        try:
+            if await _drop_unfinished(conn, name):
+                dropped.append(name)
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            continue  # another role's leftover, or someone connected to it: not ours to force
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+    return dropped
+
+
+async def _create_database(conn: asyncpg.Connection, name: str, *, template: str, stamp: str) -> None:
+    """CREATE DATABASE from `template` under an unfinished name, stamp it, then RENAME it to `name`.
+
+    A crash at any point leaves either nothing, or a database under the unfinished name that the next run
+    reclaims: never an unstamped `name`, which no run could drop. CREATE DATABASE cannot run in a
+    transaction, hence the three statements. Retried briefly while the template is in use: PostgreSQL
+    refuses to copy a database anyone is connected to.
+    """
+    unfinished = unfinished_name(name)
+    async with _advisory_lock(
+        conn, _creation_scope(unfinished), _CREATE_LOCK_SECONDS, holder=f"creating the database {name!r}"
+    ):
+        try:  # under the lock, a database under the unfinished name is a crashed creation of this very name
+            await _drop_unfinished(conn, unfinished)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise SchemaError(
+                f"cannot create database {name!r}: {unfinished!r}, left by a crashed creation under another "
+                f"role, cannot be dropped ({exc}); drop it as its owner or a superuser"
+            ) from exc
+        try:
+            await _create_unfinished(conn, unfinished, name=name, template=template)
+            await conn.execute(f"COMMENT ON DATABASE {_ident(unfinished)} IS {_literal(stamp)}")
+            try:
+                await conn.execute(f"ALTER DATABASE {_ident(unfinished)} RENAME TO {_ident(name)}")
+            except asyncpg.DuplicateDatabaseError as exc:
+                raise _duplicate(name) from exc
+        except BaseException:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                await _drop_unfinished(conn, unfinished)
+            raise
+
+
+def _duplicate(name: str) -> SchemaError:
+    return SchemaError(
+        f"cannot create database {name!r}: it was created by someone else at the same moment; "
+        "two runs are using the same test database name on this server, give each its own"
+    )
+
+
+async def _create_unfinished(conn: asyncpg.Connection, unfinished: str, *, name: str, template: str) -> None:
     deadline = time.monotonic() + _CLONE_RETRY_SECONDS
     while True:
         try:
-            await conn.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(template)}")
-            break
+            await conn.execute(f"CREATE DATABASE {_ident(unfinished)} TEMPLATE {_ident(template)}")
+            return
         except asyncpg.ObjectInUseError as exc:
             if time.monotonic() > deadline:
                 raise SchemaError(
@@ -304,11 +414,7 @@ async def _create_database(conn: asyncpg.Connection, name: str, *, template: str
                 f"cannot create database {name!r}: {exc}; the admin URL's role needs CREATEDB (or superuser)"
             ) from exc
         except asyncpg.DuplicateDatabaseError as exc:
-            raise SchemaError(
-                f"cannot create database {name!r}: it was created by someone else at the same moment; "
-                "two runs are using the same test database name on this server, give each its own"
-            ) from exc
-    await conn.execute(f"COMMENT ON DATABASE {_ident(name)} IS {_literal(stamp)}")
+            raise _duplicate(name) from exc
 
 
 # --- building the template -----------------------------------------------------------------------------------
@@ -324,37 +430,130 @@ class TemplateResult:
     stale_dropped: tuple[str, ...]
 
 
-# Alembic's `context` and `op` are module-level proxies: two upgrades in one process at once would share them.
-_ALEMBIC_LOCK = threading.Lock()
+def _target_url(database_url: str) -> URL:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    return url.set(drivername="postgresql+asyncpg") if url.drivername == "postgresql" else url
 
 
-def _upgrade_in_thread(alembic_ini: str, url: str) -> None:
-    from alembic import command
+def _app_url(target: URL, declared: str | None) -> URL:
+    """`target` with the driver of the application's own DATABASE_URL, so its engine code runs unchanged."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    with _ALEMBIC_LOCK:
-        command.upgrade(_alembic_config(alembic_ini, url), "head")
+    if not declared:
+        return target
+    try:
+        driver = make_url(declared).drivername
+    except ArgumentError:
+        return target
+    return target.set(drivername=driver) if driver.split("+")[0] in ("postgresql", "postgres") else target
 
 
-async def migrate(database_url: str, alembic_ini: str) -> None:
+def _child_environment(target: URL, alembic_ini: str, env: Mapping[str, str] | None) -> dict[str, str]:
+    """The migration process's environment: the run's, with every database URL it carries replaced.
+
+    The parent's sys.path goes along as PYTHONPATH: what env.py could import when it ran inside the test
+    process (pytest's rootdir and `pythonpath` entries) it can import in the child too.
+    """
+    child = dict(os.environ)
+    child.update(env or {})
+    url = _app_url(target, child.get("DATABASE_URL")).render_as_string(hide_password=False)
+    child["DATABASE_URL"] = url
+    # pydantic-settings matches variable names in any case: every spelling must name the template.
+    child.update({key: url for key in child if key.lower() == "database_url"})
+    child[URL_VAR] = target.render_as_string(hide_password=False)
+    child[INI_VAR] = os.path.abspath(alembic_ini)
+    paths = [p for p in sys.path if p] + [p for p in child.get("PYTHONPATH", "").split(os.pathsep) if p]
+    child["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return child
+
+
+def _masked(text: str, *passwords: str | None) -> str:
+    for password in passwords:
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+async def migrate(
+    database_url: str,
+    alembic_ini: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 900.0,  # noqa: ASYNC109 - bounds the child process, which is killed when it runs out
+) -> None:
     """`alembic upgrade head` into that database (the plugin's template; the CLI's dev database).
 
-    Alembic's async env.py calls asyncio.run() when no connection is handed to it, which fails inside a
-    running event loop (pytest-asyncio's, the CLI's): so the upgrade runs in a worker thread with its own
-    loop. That also works with env.py files that do not honour `config.attributes["connection"]`.
+    The upgrade runs in a child process that can reach that one database and nothing else: a real env.py
+    often ignores `sqlalchemy.url` and reads the application's settings, which were built from whatever
+    the environment names (another database on a shared server). The child gets DATABASE_URL rewritten to
+    the target too, so a settings-reading env.py migrates the right database instead of being refused. A
+    process of its own also gives env.py's asyncio.run() a thread without a running loop, and a hung
+    migration something to kill. `env` adds to or overrides the process environment (the test env file).
     """
-    url = database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    _alembic_config(alembic_ini)  # the one-line ConfigError for a missing ini, before any process starts
+    target = _target_url(database_url)
+    shown = mask_url(target.render_as_string(hide_password=False))
+    child_env = _child_environment(target, alembic_ini, env)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pytest_dashtam._migrate",
+        cwd=os.getcwd(),  # Alembic resolves a relative script_location against it
+        env=child_env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
-        await asyncio.to_thread(_upgrade_in_thread, alembic_ini, url)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            raise SchemaError(
+                f"alembic upgrade head into {shown} did not finish within {timeout:.0f}s and was stopped; "
+                "a migration waits on a lock or env.py hangs (alembic upgrade head on a scratch database shows where)"
+            ) from None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode == 0:
+        return
+    lines = [line.strip() for line in err.decode(errors="replace").splitlines() if line.strip()]
+    declared = (env or {}).get("DATABASE_URL", os.environ.get("DATABASE_URL"))
+    last = _masked(lines[-1] if lines else "", target.password, _password_of(declared) if declared else None)
+    if proc.returncode == EXIT_REFUSED:
+        detail = last.split(": ", 1)[1] if ": " in last else last  # the guard's message, without its type
+        fix = "" if REFUSAL_FIX in detail else f"; {REFUSAL_FIX}"
         raise SchemaError(
-            f"alembic upgrade head into {mask_url(url)} failed: {type(exc).__name__}: {first}; "
-            "fix the migration (alembic upgrade head on a scratch database shows the full traceback)"
-        ) from exc
+            f"alembic upgrade head into {shown} stopped: env.py tried to reach another database; {detail}{fix}"
+        )
+    cause = last or f"the migration process exited with code {proc.returncode}"
+    raise SchemaError(
+        f"alembic upgrade head into {shown} failed: {cause}; "
+        "fix the migration (alembic upgrade head on a scratch database shows the full traceback)"
+    )
+
+
+def _password_of(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return None
+    return None if password is None else str(password)
 
 
 def _single_head(alembic_ini: str) -> str:
-    heads = _script_directory(alembic_ini).get_heads()
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config(alembic_ini)
+    with _sys_path_kept():  # revision files may import the application's modules through prepend_sys_path
+        heads = ScriptDirectory.from_config(config).get_heads()
     if len(heads) != 1:
         raise SchemaError(
             f"the Alembic scripts have {len(heads)} heads ({', '.join(sorted(heads)) or 'none'}); "
@@ -387,15 +586,17 @@ def _current_heads(connection: Connection) -> tuple[str, ...]:
     return tuple(MigrationContext.configure(connection).get_current_heads())
 
 
-async def _populate(url: str, *, alembic_ini: str | None, metadata: MetaData | None, name: str) -> None:
+async def _populate(
+    url: str, *, alembic_ini: str | None, metadata: MetaData | None, name: str, env: Mapping[str, str] | None
+) -> None:
     if alembic_ini:
         head = _single_head(alembic_ini)
-        await migrate(url, alembic_ini)
+        await migrate(url, alembic_ini, env=env)
         current = await _run_on(url, _current_heads)
         if tuple(current) != (head,):
             raise SchemaError(
                 f"after alembic upgrade head, {name!r} is at {current or 'no revision'} instead of {head!r}; "
-                "check that env.py migrates the database given in sqlalchemy.url"
+                "check that env.py migrates the database given in sqlalchemy.url (or DATABASE_URL)"
             )
     elif metadata is not None:
         await _run_on(url, metadata.create_all)
@@ -429,6 +630,7 @@ async def ensure_template(
     owner_tuning: bool = False,
     dev_database: str | None = None,
     lock_timeout: float = 300.0,
+    env: Mapping[str, str] | None = None,
 ) -> TemplateResult:
     """The template for the current schema hash: reused when built and stamped, else built now.
 
@@ -436,6 +638,7 @@ async def ensure_template(
     build it once. `owner_tuning` says the server is ours and already tuned server-wide; otherwise the template
     alone gets `synchronous_commit = off` (a per-database setting, safe on a shared server) for a faster build.
     Stale templates of `test_db` (other hashes, carrying our stamp) are dropped; one still in use is left.
+    `env` is handed to `migrate` (the test env file's variables, which the application's settings read).
     """
     hash_ = template_hash(alembic_ini, metadata)
     name = template_name(test_db, hash_)
@@ -443,6 +646,7 @@ async def ensure_template(
     ready_stamp = ownership_comment(ROLE_TEMPLATE, hash_)
     conn = await _connect(admin_url)
     try:
+        await reclaim_unfinished(conn)
         async with _advisory_lock(conn, f"template:{test_db}", lock_timeout):
             exists, comment = await database_comment(conn, name)
             cache_hit = exists and comment == ready_stamp and not rebuild
@@ -457,7 +661,7 @@ async def ensure_template(
                     await conn.execute(f"ALTER DATABASE {_ident(name)} SET synchronous_commit = off")
                 url = database_url(admin_url, name)
                 try:
-                    await _populate(url, alembic_ini=alembic_ini, metadata=metadata, name=name)
+                    await _populate(url, alembic_ini=alembic_ini, metadata=metadata, name=name, env=env)
                 except BaseException:
                     await _drop_database(conn, name, dev_database=dev_database, force=True)
                     raise
@@ -517,6 +721,7 @@ async def create_test_database(
     raise_for([v for v in (check_test_name(name, dev_database or ""),) if v is not None])
     conn = await _connect(admin_url)
     try:
+        await reclaim_unfinished(conn)
         await _drop_database(conn, name, dev_database=dev_database, force=True)
         await _create_database(conn, name, template=template, stamp=ownership_comment(ROLE_TEST, template))
         if per_database_tuning:

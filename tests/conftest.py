@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
+
+from pytest_dashtam.guard import active_guard
+
+APP_TESTS = Path(__file__).parent / "app"
+
+
+@pytest.fixture(autouse=True)
+def _reach_other_servers_on_purpose(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The plugin's own tests talk to the machine's servers, scratch databases and private stacks on purpose
+    (that is what they test), so the connection guard of this outer run lets them through, as
+    pytest-django's `django_db_blocker.unblock()` would. The app's tests (tests/app) stay guarded, as any
+    user's tests are."""
+    guard = active_guard()
+    if guard is None or Path(str(request.node.path)).is_relative_to(APP_TESTS):
+        yield
+        return
+    with guard.suspended():
+        yield
 
 
 @pytest.hookimpl(wrapper=True)

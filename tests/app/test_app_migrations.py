@@ -21,6 +21,7 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dashtam.models import Base
+from pytest_dashtam.guard import ConnectionGuard
 
 ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
@@ -33,9 +34,11 @@ def alembic_config(url: str) -> Config:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def scratch_url(db_engine: AsyncEngine) -> AsyncIterator[str]:
-    """A fresh, empty database of this test's own on the test server, dropped afterwards."""
-    name = f"dashtam_migrations_{uuid.uuid4().hex[:12]}"
+async def scratch_url(db_engine: AsyncEngine, dashtam_guard: ConnectionGuard) -> AsyncIterator[str]:
+    """A fresh, empty database of this test's own on the test server, dropped afterwards (the guard is told:
+    it refuses any database of the stack's server this run did not lease)."""
+    name = f"dashtam_migrations_{uuid.uuid4().hex[:12]}_test"
+    dashtam_guard.allow_database(name)
     admin = db_engine.execution_options(isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
         await conn.execute(text(f'CREATE DATABASE "{name}"'))

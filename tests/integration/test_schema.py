@@ -514,3 +514,427 @@ async def test_migrate_inside_a_running_event_loop(test_db: str) -> None:
     assert await _fetchval(name, "SELECT version_num FROM alembic_version") == HEAD
     await schema.migrate(schema.database_url(ADMIN_URL, name), ALEMBIC_INI)  # already at head: a no-op
     assert await _fetchval(name, "SELECT count(*) FROM alembic_version") == 1
+
+
+def test_hash_follows_alembic_version_locations(alembic_copy: Path) -> None:
+    """The file list is Alembic's own reading of the configuration, extra version locations included."""
+    ini = alembic_copy.read_text()
+    original = schema.template_hash(str(alembic_copy), None)
+    more = alembic_copy.parent / "more"
+    more.mkdir()
+    (more / "0003_more.py").write_text('revision = "0003_more"\ndown_revision = "0002_connections_tokens"\n')
+    alembic_copy.write_text(
+        ini.replace(
+            "path_separator = os",
+            "path_separator = space\nversion_locations = %(here)s/alembic/versions %(here)s/more",
+        )
+    )
+    with_more = schema.template_hash(str(alembic_copy), None)
+    assert with_more != original
+    (more / "0003_more.py").write_text((more / "0003_more.py").read_text() + "# an edit\n")
+    assert schema.template_hash(str(alembic_copy), None) not in {original, with_more}
+
+
+# --- what env.py may reach -----------------------------------------------------------------------------------
+
+
+def test_child_environment_points_every_database_url_at_the_target(tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    target = make_url("postgresql+asyncpg://postgres:s3cret@127.0.0.1:5432/dashtam_test_tpl_ab12cd34ef56")
+    ini = str(tmp_path / "alembic.ini")
+    declared = {"DATABASE_URL": "postgresql+psycopg://app:pw@db.example:6000/prod?sslmode=require"}
+    child = schema._child_environment(target, ini, declared)
+    assert child["DATABASE_URL"] == "postgresql+psycopg://postgres:s3cret@127.0.0.1:5432/dashtam_test_tpl_ab12cd34ef56"
+    assert child["DASHTAM_MIGRATE_URL"] == target.render_as_string(hide_password=False)
+    assert child["DASHTAM_MIGRATE_INI"] == ini
+    assert schema._child_environment(target, ini, {})["DATABASE_URL"] == child["DASHTAM_MIGRATE_URL"]
+    socket = make_url("postgresql+asyncpg://postgres@/dashtam_test_x?host=/run/pg&port=5433")
+    moved = make_url(schema._child_environment(socket, ini, declared)["DATABASE_URL"])
+    assert (moved.drivername, moved.host, moved.port, moved.database) == (
+        "postgresql+psycopg",
+        None,
+        None,
+        "dashtam_test_x",
+    )
+    assert dict(moved.query) == {"host": "/run/pg", "port": "5433"}
+
+
+_SETTINGS = """
+from pydantic_settings import BaseSettings
+
+
+class Settings(BaseSettings):
+    DATABASE_URL: str
+
+
+settings = Settings()  # at import time, from the environment, as applications do
+"""
+
+_ENV_PY = """
+import asyncio
+
+from alembic import context
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import app_settings  # noqa: F401
+
+URL = {url}
+
+
+def _run(connection):
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _main():
+    {before}
+    engine = create_async_engine(URL)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+asyncio.run(_main())
+"""
+
+_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001_widgets"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    {upgrade}
+    op.create_table("widgets", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text))
+    op.execute("INSERT INTO widgets VALUES (1, 'from the migration')")
+
+
+def downgrade():
+    op.drop_table("widgets")
+"""
+
+
+def _project(root: Path, *, url: str, before: str = "pass", upgrade: str = "pass") -> str:
+    """A small application's Alembic project: settings from the environment, an async env.py, one revision."""
+    (root / "migrations" / "versions").mkdir(parents=True)
+    (root / "alembic.ini").write_text(
+        "[alembic]\nscript_location = %(here)s/migrations\nprepend_sys_path = %(here)s\npath_separator = os\n"
+    )
+    (root / "app_settings.py").write_text(_SETTINGS)
+    (root / "migrations" / "env.py").write_text(_ENV_PY.format(url=url, before=before))
+    (root / "migrations" / "versions" / "0001_widgets.py").write_text(_REVISION.format(upgrade=upgrade))
+    return str(root / "alembic.ini")
+
+
+async def _foreign_state(name: str) -> tuple[object, ...]:
+    """Everything a migration run against `name` would change: catalog row, relations, rows."""
+    conn = await _admin()
+    try:
+        row = await conn.fetchrow(
+            "SELECT oid, shobj_description(oid, 'pg_database') AS c, datallowconn FROM pg_database WHERE datname = $1",
+            name,
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    inside = await asyncpg.connect(schema.database_url(ADMIN_URL, name, driver="postgresql"))
+    try:
+        relations = await inside.fetch(
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2"
+        )
+        rows = await inside.fetch("SELECT * FROM precious ORDER BY v")
+    finally:
+        await inside.close()
+    return (row["oid"], row["c"], row["datallowconn"], [tuple(r) for r in relations], [tuple(r) for r in rows])
+
+
+@pytest_asyncio.fixture
+async def foreign_db() -> AsyncIterator[str]:
+    """Someone's database on the shared server: no plugin stamp, one table, one row; dropped afterwards."""
+    name = f"dashtam_dev_{secrets.token_hex(4)}"
+    conn = await _admin()
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            await _execute(name, "CREATE TABLE precious (v int, note text); INSERT INTO precious VALUES (42, 'keep')")
+            before = await _foreign_state(name)
+            yield name
+            assert await _foreign_state(name) == before, f"the foreign database {name} changed"
+        finally:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _foreign_url(name: str) -> str:
+    return schema.database_url(ADMIN_URL, name)
+
+
+@pytest.mark.parametrize("source", ["os.environ", "env"])
+@pytest.mark.asyncio
+async def test_settings_reading_env_py_migrates_the_template_not_the_named_database(
+    test_db: str, foreign_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    ini = _project(tmp_path, url="app_settings.settings.DATABASE_URL")
+    env: dict[str, str] | None = None
+    if source == "env":
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        env = {"DATABASE_URL": _foreign_url(foreign_db)}
+    else:
+        monkeypatch.setenv("DATABASE_URL", _foreign_url(foreign_db))
+    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ini, metadata=None, env=env)
+    assert not template.cache_hit
+    clone = f"{test_db}_gw0"
+    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
+    assert await _fetchval(clone, "SELECT version_num FROM alembic_version") == "0001_widgets"
+    assert await _fetchval(clone, "SELECT name FROM widgets") == "from the migration"
+    assert await _fetchval(foreign_db, "SELECT to_regclass('public.widgets')::text") is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "refused"),
+    [("database", "PostgreSQL database '{foreign}'"), ("redis", "Redis index 0 at 127.0.0.1:6379")],
+)
+@pytest.mark.asyncio
+async def test_env_py_reaching_elsewhere_is_refused_in_one_line(
+    test_db: str, foreign_db: str, tmp_path: Path, kind: str, refused: str
+) -> None:
+    if kind == "database":
+        ini = _project(tmp_path, url=repr(_foreign_url(foreign_db)))
+    else:
+        redis_call = "import redis; redis.Redis(host='127.0.0.1', port=6379, db=0).ping()"
+        ini = _project(tmp_path, url="app_settings.settings.DATABASE_URL", before=redis_call)
+    with pytest.raises(SchemaError, match=r"env\.py tried to reach another database") as info:
+        await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ini, metadata=None)
+    message = str(info.value)
+    assert "\n" not in message
+    assert refused.format(foreign=foreign_db) in message
+    assert "DATABASE_URL environment variable" in message
+    assert await _databases(f"{test_db}_tpl_") == {}
+    name = schema.template_name(test_db, schema.template_hash(ini, None))
+    assert await _databases(schema.unfinished_name(name)) == {}
+
+
+@pytest.mark.asyncio
+async def test_failure_line_masks_the_password(test_db: str, tmp_path: Path) -> None:
+    ini = _project(
+        tmp_path,
+        url="app_settings.settings.DATABASE_URL",
+        upgrade="import os; raise RuntimeError('cannot use ' + os.environ['DATABASE_URL'] + ' with hunter2')",
+    )
+    admin = ADMIN_URL.replace("postgres@", "postgres:hunter2@", 1)  # the local server trusts, ignoring it
+    with pytest.raises(
+        SchemaError, match=r"failed: RuntimeError: cannot use postgresql\+asyncpg://postgres:\*\*\*@"
+    ) as info:
+        await schema.ensure_template(admin, test_db=test_db, alembic_ini=ini, metadata=None)
+    assert "hunter2" not in str(info.value)
+    assert "\n" not in str(info.value)
+    assert await _databases(f"{test_db}_tpl_") == {}
+
+
+@pytest.mark.asyncio
+async def test_hung_migration_is_stopped_at_the_timeout(test_db: str, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    hang = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    ini = _project(tmp_path, url="app_settings.settings.DATABASE_URL", before=hang)
+    name = f"{test_db}_dev"
+    await schema.create_test_database(ADMIN_URL, name, template="template0", per_database_tuning=False)
+    with pytest.raises(SchemaError, match=r"did not finish within 3s and was stopped") as info:
+        await schema.migrate(schema.database_url(ADMIN_URL, name), ini, timeout=3)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
+# --- creations that never finished ---------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def unfinished() -> AsyncIterator[list[str]]:
+    """Names a test creates by hand under the unfinished form; whichever is left is dropped afterwards."""
+    names: list[str] = []
+    yield names
+    conn = await _admin()
+    try:
+        for name in names:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def test_unfinished_name_is_a_test_name_of_a_fixed_form() -> None:
+    from pytest_dashtam.safety import check_test_name
+
+    name = schema.unfinished_name("dashtam_test_gw0")
+    assert name == schema.unfinished_name("dashtam_test_gw0")
+    assert name != schema.unfinished_name("dashtam_test_gw1")
+    assert len(name) == len("pdt_test_new_") + 16
+    assert name.startswith("pdt_test_new_")
+    assert int(name.removeprefix("pdt_test_new_"), 16) >= 0
+    assert check_test_name(name, "dashtam") is None
+
+
+@pytest.mark.parametrize("what", ["test database", "template"])
+@pytest.mark.asyncio
+async def test_unstamped_leftover_of_a_crashed_creation_is_reclaimed(
+    test_db: str, unfinished: list[str], what: str
+) -> None:
+    if what == "template":
+        final = schema.template_name(test_db, schema.template_hash(ALEMBIC_INI, None))
+    else:
+        final = f"{test_db}_gw0"
+    leftover = schema.unfinished_name(final)
+    unfinished.append(leftover)
+    unrelated = f"{test_db}_unstamped"
+    conn = await _admin()
+    try:
+        # What a SIGKILL between CREATE and COMMENT leaves.
+        await conn.execute(f'CREATE DATABASE "{leftover}" TEMPLATE template0')
+        await conn.execute(f'CREATE DATABASE "{unrelated}" TEMPLATE template0')
+        try:
+            template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+            await schema.create_test_database(
+                ADMIN_URL, f"{test_db}_gw0", template=template.name, per_database_tuning=False
+            )
+            assert await _databases(leftover) == {}
+            assert (await _databases(final))[final] is not None
+            assert (await _databases(unrelated)) == {unrelated: None}
+        finally:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{unrelated}"')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_reclaim_leaves_live_creations_and_other_names(test_db: str, unfinished: list[str]) -> None:
+    live = schema.unfinished_name(f"{test_db}_live")
+    live_elsewhere = schema.unfinished_name(f"{test_db}_live_elsewhere")
+    crashed = schema.unfinished_name(f"{test_db}_crashed")
+    lookalike = f"pdt_test_new_{secrets.token_hex(4)}"  # the prefix, but not 16 hex: not a name the plugin made
+    unfinished.extend([live, live_elsewhere, crashed, lookalike])
+    # A creator holds its creation lock; one whose session is in another database must count too.
+    elsewhere = f"{test_db}_elsewhere"
+    await schema.create_test_database(ADMIN_URL, elsewhere, template="template0", per_database_tuning=False)
+    conn = await _admin()
+    creator = await _admin()
+    other_db = await asyncpg.connect(schema.database_url(ADMIN_URL, elsewhere, driver="postgresql"))
+    try:
+        for name in (live, live_elsewhere, crashed, lookalike):
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        await creator.execute("SELECT pg_advisory_lock($1)", schema._lock_key(f"pytest-dashtam:create:{live}"))
+        await other_db.execute(
+            "SELECT pg_advisory_lock($1)", schema._lock_key(f"pytest-dashtam:create:{live_elsewhere}")
+        )
+        dropped = await schema.reclaim_unfinished(conn)
+        assert crashed in dropped
+        assert {live, live_elsewhere, lookalike}.isdisjoint(dropped)
+        assert set(await _databases("pdt_test_new_")) >= {live, live_elsewhere, lookalike}
+        await creator.close()
+        await other_db.close()
+        for _ in range(100):  # the server ends a closed session's backend, and its locks, a moment later
+            await schema.reclaim_unfinished(conn)
+            if live in await _databases(live) or live_elsewhere in await _databases(live_elsewhere):
+                await asyncio.sleep(0.05)
+                continue
+            break
+        assert await _databases(live) == {}
+        assert await _databases(live_elsewhere) == {}
+        assert lookalike in await _databases(lookalike)
+    finally:
+        await creator.close()
+        await other_db.close()
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_the_unfinished_drop_takes_only_unfinished_names(test_db: str) -> None:
+    conn = await _admin()
+    try:
+        for name in (f"{test_db}_gw0", "test", "pdt_test_new_" + "g" * 16, "pdt_test_new_" + "0" * 15):
+            with pytest.raises(SafetyError, match="as an unfinished creation"):
+                await schema._drop_unfinished(conn, name)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_rename_onto_an_existing_name_is_the_one_line_duplicate_error(test_db: str) -> None:
+    name = f"{test_db}_gw0"
+    await schema.create_test_database(ADMIN_URL, name, template="template0", per_database_tuning=False)
+    conn = await _admin()
+    try:
+        with pytest.raises(SchemaError, match="created by someone else at the same moment") as info:
+            await schema._create_database(conn, name, template="template0", stamp="pytest-dashtam:test:x")
+    finally:
+        await conn.close()
+    assert "\n" not in str(info.value)
+    assert await _databases(schema.unfinished_name(name)) == {}
+
+
+_KILL_SCRIPT = """
+import asyncio, os, signal, sys
+import asyncpg
+from pytest_dashtam import schema
+
+admin, test_db, marker, what = sys.argv[1:5]
+original = asyncpg.Connection.execute
+
+
+async def execute(self, query, *args, **kwargs):
+    result = await original(self, query, *args, **kwargs)
+    if query.startswith(marker):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+
+asyncpg.Connection.execute = execute
+if what == "template":
+    asyncio.run(schema.ensure_template(admin, test_db=test_db, alembic_ini=sys.argv[5], metadata=None))
+else:
+    asyncio.run(schema.create_test_database(admin, test_db + "_gw0", template="template0", per_database_tuning=False))
+"""
+
+
+@pytest.mark.parametrize("marker", ["CREATE DATABASE", "COMMENT ON DATABASE"])
+@pytest.mark.parametrize("what", ["test database", "template"])
+@pytest.mark.asyncio
+async def test_sigkill_during_creation_leaves_nothing_the_next_run_cannot_clear(
+    test_db: str, unfinished: list[str], marker: str, what: str
+) -> None:
+    import sys
+
+    if what == "template":
+        final = schema.template_name(test_db, schema.template_hash(ALEMBIC_INI, None))
+    else:
+        final = f"{test_db}_gw0"
+    unfinished.append(schema.unfinished_name(final))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _KILL_SCRIPT,
+        ADMIN_URL,
+        test_db,
+        marker,
+        what,
+        ALEMBIC_INI,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == -9, err.decode()[-500:]
+    assert await _databases(final) == {}  # never the final name without its stamp
+    assert set(await _databases(schema.unfinished_name(final))) == {schema.unfinished_name(final)}
+
+    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    await schema.create_test_database(ADMIN_URL, f"{test_db}_gw0", template=template.name, per_database_tuning=False)
+    assert await _fetchval(f"{test_db}_gw0", "SELECT version_num FROM alembic_version") == HEAD
+    assert await _databases(schema.unfinished_name(final)) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,9 +13,16 @@ from inner_project import Inner
 
 from pytest_dashtam.backends import get_backend
 from pytest_dashtam.backends.base import BackendOptions
+from pytest_dashtam.guard import active_guard
 
 # The inner projects are run by the tests here, never collected by the outer run.
 collect_ignore = ["examples"]
+
+
+def suspended_guard() -> contextlib.AbstractContextManager[None]:
+    """The outer run's guard lifted for a session fixture (set up before tests/conftest.py's autouse one)."""
+    guard = active_guard()
+    return guard.suspended() if guard is not None else contextlib.nullcontext()
 
 
 @pytest.fixture(scope="session")
@@ -26,11 +34,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
         return
     root = tmp_path_factory.mktemp("inner-stack")
     backend = get_backend("local", BackendOptions(env="test", project_root=root, state_dir=root / "state"))
-    stack = backend.start()
+    with suspended_guard():
+        stack = backend.start()
     try:
         yield stack.postgres_url, stack.redis_url
     finally:
-        backend.stop()
+        with suspended_guard():
+            backend.stop()
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""Each safety layer refuses its bad input before anything destructive, and nothing was dropped or flushed.
+"""Each safety layer refuses its bad input before anything connects, and nothing was dropped or flushed.
 
 The proof: a stamped test database left by an earlier run (--dashtam-keep) holds a planted row, and the
 worker's Redis index a planted key; a refused run must leave both in place (a run that got past the gate
-would drop and re-clone the database and flush the index).
+would drop and re-clone the database and flush the index). Every check that needs no server is a
+configure-time `pytest.UsageError` (exit 4): no test runs, nothing connects.
 """
 
 from __future__ import annotations
@@ -42,20 +43,23 @@ def _untouched(inner: Inner) -> None:
 
 
 def _refused(result: pytest.RunResult, message: str) -> None:
-    result.assert_outcomes(errors=4, passed=2)
-    result.stdout.fnmatch_lines([message])
-    assert "Traceback" not in result.stdout.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: pytest-dashtam: *" + message.lstrip("*")])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
 def test_environment_must_be_testing(planted: Inner) -> None:
     planted.env_file(ENVIRONMENT="development")
-    _refused(planted.run("test_basic.py"), "ENVIRONMENT is 'development', the test run requires 'testing'*")
+    _refused(
+        planted.run("test_basic.py"),
+        "ENVIRONMENT is 'development' in the test env file, the test run requires 'testing'*",
+    )
     _untouched(planted)
 
 
 def test_testing_flag_must_be_true(planted: Inner) -> None:
     planted.env_file(TESTING="false")
-    _refused(planted.run("test_basic.py"), "TESTING is False, the test run requires true*")
+    _refused(planted.run("test_basic.py"), "TESTING is 'false' in the test env file, the test run requires true*")
     _untouched(planted)
 
 
@@ -88,9 +92,7 @@ def test_host_must_be_local(planted: Inner) -> None:
         f"--dashtam-postgres-url=postgresql://postgres@{host}:{planted.postgres_port}/postgres",
         f"--dashtam-redis-url=redis://{host}:{planted.redis_port}",
     )
-    if "did not answer" in result.stdout.str():
-        pytest.skip(f"the servers do not listen on {host}'s address")
-    _refused(result, f"*the host '{host}' in *is neither loopback, a Unix socket, nor a service of the test stack*")
+    _refused(result, f"*the host '{host}' (in the URL) is neither loopback*")
     _untouched(planted)
 
 
@@ -107,14 +109,14 @@ def test_redis_index_must_not_be_the_dev_index(inner: Inner) -> None:
 
 def test_redis_index_must_exist(planted: Inner) -> None:
     databases = planted.redis_databases()
-    _refused(
-        planted.run("test_basic.py", f"--dashtam-redis-index={databases}"),
-        f"*need Redis indexes {databases}-{databases} but the server has {databases} databases*",
-    )
+    result = planted.run("test_basic.py", f"--dashtam-redis-index={databases}")
+    result.assert_outcomes(errors=4, passed=2)
+    result.stdout.fnmatch_lines([f"*no free Redis index*{databases}*"])
+    assert "Traceback" not in result.stdout.str()
     _untouched(planted)
 
 
-def test_an_unstamped_database_is_never_dropped(inner: Inner) -> None:
+def test_an_unstamped_database_is_never_dropped_and_the_run_takes_a_name_of_its_own(inner: Inner) -> None:
     inner.copy()
     foreign = "dashtam_test_plugin_foreign"
     inner.env_file(DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{foreign}")
@@ -124,14 +126,19 @@ def test_an_unstamped_database_is_never_dropped(inner: Inner) -> None:
     try:
         with inner.test_db(foreign) as conn:
             conn.execute("CREATE TABLE precious (v text); INSERT INTO precious VALUES ('keep me')")
-        _refused(
-            inner.run("test_basic.py"),
-            f"*refusing to drop database '{foreign}': it exists but was not created by pytest-dashtam*",
-        )
+            oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()
+        inner.monkeypatch.setenv("INNER_EXPECT_DB", f"{foreign}_2")
+        result = inner.run("test_basic.py")
+        result.assert_outcomes(passed=6)
+        result.stdout.fnmatch_lines([f"*{foreign} is held by a live run or is not the plugin's: using {foreign}_2*"])
         with inner.test_db(foreign) as conn:
             assert conn.execute("SELECT v FROM precious").fetchall() == [("keep me",)]
-        # Refused before any work: no template was built for it either.
-        assert not any(d.startswith(f"{foreign}_tpl_") for d in inner.databases())
+            assert conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone() == oid
+            assert conn.execute("SELECT shobj_description(%s, 'pg_database')", oid).fetchone() == (None,)
+        assert f"{foreign}_2" not in inner.databases()
     finally:
         with inner.admin() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{foreign}" WITH (FORCE)')
+            for name in inner.databases():
+                if name.startswith(f"{foreign}_tpl_"):
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
 from inner_project import INNER_DB, INNER_INDEX, Inner
 
 
@@ -16,8 +17,8 @@ def test_two_workers(inner: Inner) -> None:
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(
         [
+            f"dashtam: backend=external *; workers lease {INNER_DB}_gwN and their own Redis indexes",
             "*= dashtam =*",
-            "dashtam: backend=external *",
             f"dashtam: database {INNER_DB}_gw? from template {INNER_DB}_tpl_* redis index *",
         ]
     )
@@ -31,12 +32,12 @@ def test_two_workers(inner: Inner) -> None:
     assert after <= before  # the run's shared directory is removed
 
 
-def test_capacity_is_checked_before_starting(inner: Inner) -> None:
+def test_a_worker_without_a_free_redis_index_says_so(inner: Inner) -> None:
+    """Two workers from the last index: the second finds none free above it, and says what it found."""
     inner.copy()
     databases = inner.redis_databases()
-    base = databases - 1  # two workers need base and base + 1
-    result = inner.run("-n", "2", "test_basic.py", f"--dashtam-redis-index={base}")
-    result.assert_outcomes(errors=4, passed=2)
-    result.stdout.fnmatch_lines(
-        [f"*2 worker(s) need Redis indexes {base}-{base + 1} but the server has {databases} databases*"]
-    )
+    base = databases - 1
+    result = inner.run("-n", "2", "-p", "no:randomly", "test_basic.py", f"--dashtam-redis-index={base}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([f"*no free Redis index from {base + 1} (the server has {databases})*"])
+    assert "Traceback" not in result.stdout.str()

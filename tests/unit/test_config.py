@@ -20,6 +20,7 @@ SAMPLES: dict[str, tuple[object, str, object]] = {
     "session_dependency": ("cli:dep", "env:dep", "ini:dep"),
     "redis_dependency": ("cli:dep", "env:dep", "ini:dep"),
     "compose_files": (["a.yml"], "b.yml", ["c.yml"]),
+    "compose_project": ("cli-test", "env-test", "ini-test"),
     "postgres_url": ("postgresql://cli", "postgresql://env", "postgresql://ini"),
     "redis_url": ("redis://cli", "redis://env", "redis://ini"),
     "keep": (True, "0", True),
@@ -156,10 +157,42 @@ def test_bad_import_string(project: Path) -> None:
 
 
 def test_missing_alembic_ini(project: Path) -> None:
-    (project / "alembic.ini").unlink()
     with pytest.raises(ConfigError, match=r"set it empty to use metadata\.create_all"):
+        build_config({}, {}, {"alembic_ini": "migrations/alembic.ini"}, project)
+    (project / "alembic.ini").unlink()
+    # No alembic.ini where the default looks: the metadata builds the schema, and the header says so.
+    with pytest.raises(ConfigError, match=r"no schema source: there is no alembic.ini .* dashtam_metadata is not set"):
         build_config({}, {}, {}, project)
+    config = build_config({"metadata": "shop.models:Base.metadata"}, {}, {}, project)
+    assert config.alembic_ini is None
+    assert config.describe("alembic_ini") == "alembic_ini=None (default: no alembic.ini, metadata.create_all)"
     assert build_config({}, {}, {"alembic_ini": ""}, project).alembic_ini is None
+
+
+def test_no_option_defaults_to_another_project_s_code(project: Path) -> None:
+    config = build_config({}, {}, {}, project)
+    assert (config.settings, config.app, config.metadata) == (None, None, None)
+    assert (config.session_dependency, config.redis_dependency) == (None, None)
+
+
+def test_env_file_found_at_the_project_root_too(project: Path) -> None:
+    (project / "env" / ".env.test").rename(project / ".env.test")
+    assert build_config({}, {}, {}, project).env_file == project / ".env.test"
+
+
+def test_env_file_that_is_a_directory(project: Path) -> None:
+    (project / "envdir").mkdir()
+    with pytest.raises(ConfigError, match=r"envdir .* is a directory"):
+        build_config({"env_file": "envdir"}, {}, {}, project)
+
+
+def test_env_file_needs_a_database_url_and_any_case_is_read(project: Path) -> None:
+    (project / "env" / ".env.test").write_text("environment=testing\ntesting=true\nredis_url=redis://h/4\n")
+    with pytest.raises(ConfigError, match=r"sets no DATABASE_URL with a database name"):
+        build_config({}, {}, {}, project)
+    (project / "env" / ".env.test").write_text("database_url=postgresql+asyncpg://h/app_test\nredis_url=redis://h/4\n")
+    config = build_config({}, {}, {}, project)
+    assert (config.test_database, config.redis_index) == ("app_test", 4)
 
 
 def test_one_url_without_the_other(project: Path) -> None:

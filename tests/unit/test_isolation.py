@@ -168,23 +168,30 @@ def test_savepoints_do_not_grow_the_statement_caches(engines: LoopEngines) -> No
 
 
 @pytest_asyncio.fixture
-async def redis_on_index(_dashtam_prepared: Any) -> AsyncIterator[tuple[Redis, int]]:
+async def redis_on_index(_dashtam_prepared: Any, _dashtam_run: Any) -> AsyncIterator[tuple[Redis, int, str]]:
     client = Redis.from_url(_dashtam_prepared.redis_url)
-    yield client, _dashtam_prepared.redis_index
+    yield client, _dashtam_prepared.redis_index, _dashtam_run.owner
     await client.aclose()
 
 
 @pytest.mark.asyncio
-async def test_flush_refuses_the_dev_index_and_a_moved_client(redis_on_index: tuple[Redis, int]) -> None:
-    client, index = redis_on_index
+async def test_flush_refuses_the_dev_index_a_moved_client_and_another_run_s_index(
+    redis_on_index: tuple[Redis, int, str],
+) -> None:
+    from pytest_dashtam.leases import REDIS_STAMP_KEY
+
+    client, index, owner = redis_on_index
     await client.set("isolation-test", "1")
     with pytest.raises(SafetyError, match="is the dev index"):
-        await flush_test_index(client, index, dev_index=index)
+        await flush_test_index(client, index, index, owner)
     with pytest.raises(SafetyError, match="refusing FLUSHDB: the Redis client is on index"):
-        await flush_test_index(client, index + 1, dev_index=0)
+        await flush_test_index(client, index + 1, 0, owner)
+    with pytest.raises(SafetyError, match="stamped by another run"):
+        await flush_test_index(client, index, 0, "someone_else")
     assert await client.get("isolation-test") == b"1"
-    await flush_test_index(client, index, dev_index=0)
-    assert await client.dbsize() == 0
+    await flush_test_index(client, index, 0, owner)
+    # Only the stamp is left: the next flush (and the next run) knows the index is this run's.
+    assert await client.keys("*") == [REDIS_STAMP_KEY.encode()]
 
 
 @pytest.mark.asyncio

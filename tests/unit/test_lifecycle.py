@@ -1,4 +1,4 @@
-"""lifecycle.py without servers: backend selection, capacity errors, imports, settings, the xdist file share."""
+"""lifecycle.py without servers: backend selection, capacity errors, imports, settings, the xdist handoff."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pytest_dashtam.backends.base import Stack
 from pytest_dashtam.config import PluginConfig, build_config
 from pytest_dashtam.errors import ConfigError
 from pytest_dashtam.lifecycle import (
+    HANDOFF_ENV,
     DashtamRun,
-    SharedRun,
+    Handoff,
     describe_report,
     import_object,
     load_settings,
@@ -61,26 +62,48 @@ def test_auto_prefers_given_urls_then_docker_then_local(project: Path) -> None:
     )
 
 
-def test_redis_capacity_is_checked_per_worker_count(project: Path) -> None:
-    run = DashtamRun(_config(project, redis_index="14"), worker="gw0", worker_count=3)
-    with pytest.raises(ConfigError, match=r"3 worker\(s\) need Redis indexes 14-16 but the server has 16 databases"):
-        run._check_capacity(_stack(16))
-
-
 def test_postgres_capacity_is_checked_before_starting(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def free(url: str) -> int:
         return 20
 
     monkeypatch.setattr(lifecycle, "_free_connections", free)
-    run = DashtamRun(_config(project), worker="gw0", worker_count=4)
+    run = DashtamRun(_config(project), role="controller", worker_count=4)
     with pytest.raises(ConfigError, match=r"4 workers need up to 48 PostgreSQL connections .* has 20 free"):
         run._check_capacity(_stack())
 
 
-def test_worker_names_its_database_and_index(project: Path, tmp_path: Path) -> None:
-    run = DashtamRun(_config(project), worker="gw3", worker_count=4, shared_dir=tmp_path / "share")
-    assert (run.database, run.redis_index) == ("shop_test_gw3", 4)
-    assert (DashtamRun(_config(project)).database, DashtamRun(_config(project)).redis_index) == ("shop_test", 1)
+def test_worker_owner_names_its_run_and_itself(project: Path) -> None:
+    handoff = Handoff(_stack(), "shop_test", "abc123", os.getpid(), "test")
+    run = DashtamRun(_config(project), role="worker", worker="gw3", worker_count=4, handoff=handoff)
+    assert (run.owner, run.worker_number, run.run_id) == ("rabc123_gw3", 3, "abc123")
+    solo = DashtamRun(_config(project))
+    assert solo.owner.startswith("r")
+    assert solo.owner != DashtamRun(_config(project)).owner
+
+
+def test_handoff_reaches_only_the_controller_s_own_workers(project: Path) -> None:
+    """A pytest started from inside a worker's test inherits the variable but is not a worker of that run."""
+    text = Handoff(_stack(), "shop_test_2", "abc123", os.getppid(), "auto: x").to_env()
+    env = {HANDOFF_ENV: text, "PYTEST_XDIST_WORKER": "gw0"}
+    got = Handoff.from_env(env)
+    assert got is not None
+    assert (got.base_database, got.stack.postgres_url) == ("shop_test_2", _stack().postgres_url)
+    assert Handoff.from_env({HANDOFF_ENV: text}) is None  # not an xdist worker
+    other = Handoff(_stack(), "shop_test_2", "abc123", os.getpid(), "auto: x").to_env()
+    assert Handoff.from_env({HANDOFF_ENV: other, "PYTEST_XDIST_WORKER": "gw0"}) is None  # not its parent
+    assert Handoff.from_env({HANDOFF_ENV: "{not json", "PYTEST_XDIST_WORKER": "gw0"}) is None
+
+
+def test_app_environment_keeps_the_app_s_driver_and_spelling(project: Path) -> None:
+    (project / ".env.test").write_text(
+        "environment=testing\ntesting=true\ndatabase_url=postgresql+psycopg://u:pw@shared.example:5432/shop_test\n"
+        "redis_url=redis://shared.example:6379/1\n"
+    )
+    run = DashtamRun(_config(project))
+    run.stack, run.database, run.redis_index = _stack(), "shop_test_2", 4
+    env = run.app_environment()
+    assert env["DATABASE_URL"] == env["database_url"] == "postgresql+psycopg://postgres@127.0.0.1:5432/shop_test_2"
+    assert env["REDIS_URL"] == env["redis_url"] == "redis://127.0.0.1:6379/4"
 
 
 def test_import_object_errors_name_the_option() -> None:
@@ -93,31 +116,22 @@ def test_import_object_errors_name_the_option() -> None:
 
 class StrictSettings:
     def __init__(self, **kwargs: Any) -> None:
-        if "DATABASE_URL" not in kwargs:
-            raise ValueError("DATABASE_URL missing\nsecond line")
-        self.kwargs = kwargs
+        if "STRICT_URL" not in os.environ:
+            raise ValueError("STRICT_URL missing: postgresql://u:secret@h/db\nsecond line")
+        self.url = os.environ["STRICT_URL"]
 
 
-def test_settings_get_the_overrides_and_refusals_are_one_line(project: Path) -> None:
-    settings = load_settings(f"{__name__}:StrictSettings", project / ".env.test", {"DATABASE_URL": "x"})
-    assert settings.kwargs == {"DATABASE_URL": "x"}
+def test_settings_read_the_environment_and_refusals_are_one_line_and_masked(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRICT_URL", "x")
+    assert load_settings(f"{__name__}:StrictSettings", project / ".env.test").url == "x"
+    monkeypatch.delenv("STRICT_URL")
     with pytest.raises(ConfigError) as info:
-        load_settings(f"{__name__}:StrictSettings", project / ".env.test", {})
+        load_settings(f"{__name__}:StrictSettings", project / ".env.test")
     assert "\n" not in str(info.value)
+    assert "secret" not in str(info.value)
     assert "refused the test env file" in str(info.value)
-
-
-def test_shared_run_tracks_live_workers(tmp_path: Path) -> None:
-    shared = SharedRun(tmp_path / "share")
-    shared.join("gw0")
-    shared.join("gw1")
-    # Both entries are this process (alive); a dead PID does not count.
-    assert shared.others_alive("gw0") == ["gw1"]
-    with shared.lock():
-        shared.write("workers.json", {"gw0": os.getpid(), "gw1": 2**22 + 12345})
-    assert shared.others_alive("gw0") == []
-    shared.leave("gw1")
-    assert shared.read("workers.json") == {"gw0": os.getpid()}
 
 
 def test_report_lines() -> None:

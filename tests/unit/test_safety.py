@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import ast
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from pytest_dashtam.errors import SafetyError
 from pytest_dashtam.safety import (
+    DEFAULT_POSTGRES_SOCKETS,
     Violation,
     check_all,
     check_database_name,
+    check_env_file,
     check_environment,
     check_host,
     check_redis_index,
+    check_resolvable,
+    check_servers,
+    check_settings,
     check_test_name,
     check_testing_flag,
     database_name_from_url,
     is_owned_comment,
     is_test_database_name,
     ownership_comment,
+    plain_value,
+    postgres_hosts,
     raise_for,
+    redis_hosts,
     redis_index_from_url,
+    settings_value,
 )
+
+# An environment with no PG* variables: the host tests must not depend on the shell that runs them.
+NO_ENV: dict[str, str] = {}
 
 GOOD_DATABASE_URL = "postgresql+asyncpg://dashtam_test_user:pw@127.0.0.1:5433/dashtam_test"
 
@@ -34,6 +52,7 @@ def _check_good(*, redis_url: str = "redis://127.0.0.1:6380/1", redis_databases:
         redis_url=redis_url,
         dev_database="dashtam",
         redis_databases=redis_databases,
+        environ=NO_ENV,
     )
 
 
@@ -146,7 +165,7 @@ def test_bare_name_check() -> None:
     ],
 )
 def test_local_hosts_pass(url: str) -> None:
-    assert check_host(url) is None
+    assert check_host(url, environ=NO_ENV) is None
 
 
 @pytest.mark.parametrize(
@@ -160,7 +179,7 @@ def test_local_hosts_pass(url: str) -> None:
     ],
 )
 def test_non_loopback_hosts_are_refused(url: str) -> None:
-    violation = _one_line(check_host(url))
+    violation = _one_line(check_host(url, environ=NO_ENV))
     assert violation.check == "host"
     assert "secret" not in violation.message
     if ":secret@" in url:
@@ -170,6 +189,278 @@ def test_non_loopback_hosts_are_refused(url: str) -> None:
 def test_allowed_hosts_pass() -> None:
     assert check_host("postgresql://u:p@postgres:5432/dashtam_test", allowed_hosts=["postgres"]) is None
     assert check_host("postgresql://u:p@postgres:5432/dashtam_test", allowed_hosts=["redis"]) is not None
+
+
+# --- hosts as the drivers resolve them -------------------------------------------------------------------
+
+
+def test_hostless_url_with_remote_pghost_is_refused_and_names_pghost() -> None:
+    """The incident: `postgres@/postgres` is not "the local socket" when PGHOST names another machine."""
+    url = "postgresql://postgres:secret@/postgres"
+    environ = {"PGHOST": "10.1.2.3"}
+    assert postgres_hosts(url, environ) == ["10.1.2.3"]
+    violation = _one_line(check_host(url, environ=environ))
+    assert violation.check == "host"
+    assert "'10.1.2.3'" in violation.message
+    assert "from PGHOST" in violation.message
+    assert "unset PGHOST" in violation.message
+    assert "secret" not in violation.message
+
+
+def test_pghost_list_with_one_remote_host_is_refused() -> None:
+    environ = {"PGHOST": "/run/postgresql,db.example.com"}
+    assert postgres_hosts("postgresql://u@/dashtam_test", environ) == ["/run/postgresql", "db.example.com"]
+    violation = _one_line(check_host("postgresql://u@/dashtam_test", environ=environ))
+    assert "'db.example.com' (from PGHOST" in violation.message
+
+
+def test_pghost_socket_dir_is_accepted() -> None:
+    environ = {"PGHOST": "/run/postgresql"}
+    assert postgres_hosts("postgresql://postgres@/postgres", environ) == ["/run/postgresql"]
+    assert check_host("postgresql://postgres@/postgres", environ=environ) is None
+
+
+def test_pghost_is_ignored_when_the_url_names_a_host() -> None:
+    environ = {"PGHOST": "10.1.2.3"}
+    assert postgres_hosts("postgresql://u@127.0.0.1/db", environ) == ["127.0.0.1"]
+    assert check_host("postgresql://u@127.0.0.1/dashtam_test", environ=environ) is None
+    assert check_host("postgresql://u@/dashtam_test?host=/tmp", environ=environ) is None
+
+
+def test_no_host_anywhere_is_the_default_socket() -> None:
+    assert postgres_hosts("postgresql://u@/dashtam_test", NO_ENV) == list(DEFAULT_POSTGRES_SOCKETS)
+    assert postgres_hosts("postgresql://u@/dashtam_test", {"PGHOST": ""}) == list(DEFAULT_POSTGRES_SOCKETS)
+    assert postgres_hosts("postgresql://u@:5432/dashtam_test", NO_ENV) == list(DEFAULT_POSTGRES_SOCKETS)
+
+
+def test_environ_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHOST", "10.1.2.3")
+    assert postgres_hosts("postgresql://u@/dashtam_test") == ["10.1.2.3"]
+    assert check_host("postgresql://u@/dashtam_test") is not None
+
+
+def test_comma_host_list_in_the_netloc() -> None:
+    url = "postgresql://u:pw@127.0.0.1:5432,[::1]:5433,%2Ftmp/dashtam_test"
+    assert postgres_hosts(url, NO_ENV) == ["127.0.0.1", "::1", "/tmp"]
+    assert check_host(url, environ=NO_ENV) is None
+
+
+def test_comma_host_list_with_one_remote_host_is_refused() -> None:
+    url = "postgresql://u:secret@127.0.0.1:5432,db.example.com:5433/dashtam_test"
+    violation = _one_line(check_host(url, environ=NO_ENV))
+    assert "'db.example.com' (in the URL)" in violation.message
+    assert "'127.0.0.1'" not in violation.message
+    assert "secret" not in violation.message
+    assert "u:***@127.0.0.1:5432,db.example.com:5433/dashtam_test" in violation.message
+
+
+def test_host_query_parameter() -> None:
+    assert postgres_hosts("postgresql://u@/db?host=/run/postgresql", NO_ENV) == ["/run/postgresql"]
+    assert postgres_hosts("postgresql://u@/db?host=/run/postgresql,10.0.0.7", NO_ENV) == ["/run/postgresql", "10.0.0.7"]
+    violation = _one_line(check_host("postgresql://u@/dashtam_test?host=/run/postgresql,10.0.0.7", environ=NO_ENV))
+    assert "'10.0.0.7' (in the URL's host= parameter)" in violation.message
+
+
+def test_host_query_parameter_is_judged_beside_the_netloc_host() -> None:
+    """libpq lets ?host= override the netloc's host (asyncpg the other way round): both are judged."""
+    url = "postgresql://u@127.0.0.1/dashtam_test?host=10.0.0.7"
+    assert postgres_hosts(url, NO_ENV) == ["127.0.0.1", "10.0.0.7"]
+    assert check_host(url, environ=NO_ENV) is not None
+
+
+def test_hostaddr_is_judged_for_libpq_drivers_only() -> None:
+    """libpq connects to hostaddr / PGHOSTADDR whatever the host says; asyncpg does not read them."""
+    assert check_host("postgresql://u@127.0.0.1/dashtam_test?hostaddr=10.0.0.8", environ=NO_ENV) is not None
+    assert check_host("postgresql+psycopg://u@127.0.0.1/dashtam_test?hostaddr=10.0.0.8", environ=NO_ENV) is not None
+    violation = _one_line(check_host("postgresql://u@127.0.0.1/dashtam_test", environ={"PGHOSTADDR": "10.0.0.8"}))
+    assert "from PGHOSTADDR" in violation.message
+    assert check_host("postgresql+asyncpg://u@127.0.0.1/dashtam_test", environ={"PGHOSTADDR": "10.0.0.8"}) is None
+    assert check_host("postgresql://u@127.0.0.1/dashtam_test", environ={"PGHOSTADDR": "127.0.0.1"}) is None
+
+
+def test_service_file_host_is_judged(tmp_path: Path) -> None:
+    service_file = tmp_path / "pg_service.conf"
+    service_file.write_text("[prod]\nhost=db.prod.internal\nport=5432\n\n[local]\nhost=/run/postgresql\n")
+    environ = {"PGSERVICEFILE": str(service_file)}
+    assert postgres_hosts("postgresql://u@/db?service=prod", environ) == ["db.prod.internal"]
+    violation = _one_line(check_host("postgresql://u@/dashtam_test?service=prod", environ=environ))
+    assert "from service 'prod'" in violation.message
+    assert check_host("postgresql://u@/dashtam_test?service=local", environ=environ) is None
+    # PGSERVICE is honoured by libpq (asyncpg falls back to PGHOST / the default socket): both are judged.
+    assert check_host("postgresql://u@/dashtam_test", environ={**environ, "PGSERVICE": "prod"}) is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://u:p@ss@127.0.0.1/dashtam_test", "p@ss"),
+        ("postgresql://u:pa/ss@127.0.0.1/dashtam_test", "pa/ss"),
+        ("postgresql://u:secret@127.0.0.1:5432,127.0.0.2:port/dashtam_test", "secret"),
+        ("postgresql://u:secret@[::1/dashtam_test", "secret"),
+    ],
+)
+def test_unreadable_postgres_url_is_a_violation_without_the_password(url: str, secret: str) -> None:
+    violation = _one_line(check_host(url, environ=NO_ENV))
+    assert violation.check == "host"
+    assert "cannot tell which server" in violation.message
+    assert secret not in violation.message
+    with pytest.raises(ValueError, match=r".") as raised:
+        postgres_hosts(url, NO_ENV)
+    assert secret not in str(raised.value)
+
+
+def test_unknown_scheme_is_refused() -> None:
+    violation = _one_line(check_host("mysql://u:secret@127.0.0.1/dashtam_test"))
+    assert "'mysql'" in violation.message
+    assert "secret" not in violation.message
+    assert check_host("") is not None
+
+
+def test_redis_hosts_follow_redis_py() -> None:
+    assert redis_hosts("redis://127.0.0.1:6379/1") == ["127.0.0.1"]
+    assert redis_hosts("redis://[::1]:6379/1") == ["::1"]
+    assert redis_hosts("redis:///1") == ["localhost"]
+    # redis-py takes ?host= when the netloc names none: so does the gate.
+    assert redis_hosts("redis:///1?host=10.0.0.9") == ["10.0.0.9"]
+    assert check_host("redis:///1?host=10.0.0.9") is not None
+
+
+def test_unix_redis_url_is_a_socket() -> None:
+    assert redis_hosts("unix:///tmp/redis.sock?db=1") == ["/tmp/redis.sock"]
+    assert redis_hosts("unix://:pw@/run/redis/redis.sock") == ["/run/redis/redis.sock"]
+    assert check_host("unix:///tmp/redis.sock?db=1") is None
+    assert check_host("unix://?path=/tmp/redis.sock") is None
+
+
+def test_rediss_url() -> None:
+    assert redis_hosts("rediss://:pw@cache.example.com:6380/1") == ["cache.example.com"]
+    assert check_host("rediss://127.0.0.1:6380/1") is None
+    violation = _one_line(check_host("rediss://:secret@cache.example.com:6380/1"))
+    assert "'cache.example.com'" in violation.message
+    assert "secret" not in violation.message
+    assert check_host("rediss://:secret@cache.example.com:6380/1", ["cache.example.com"]) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:secret@127.0.0.1:notaport/1", "redis://:secret@[::1/1", "rediss://u:secret@h:6379/1?db=x"],
+)
+def test_malformed_redis_url_is_a_violation_with_the_password_masked(url: str) -> None:
+    violation = _one_line(check_host(url))
+    assert violation.check == "host"
+    assert "cannot tell which server" in violation.message
+    assert "secret" not in violation.message
+    assert ":***@" in violation.message
+    with pytest.raises(ValueError, match=r".") as raised:
+        redis_hosts(url)
+    assert "secret" not in str(raised.value)
+
+
+def test_malformed_redis_url_does_not_quote_a_password_fragment() -> None:
+    """An unencoded '/' makes urlparse read the password's start as the port; that fragment is masked."""
+    violation = _one_line(check_host("redis://:zq7/xk9@127.0.0.1/1"))
+    assert "zq7" not in violation.message
+    assert "xk9" not in violation.message
+
+
+def test_check_all_says_an_unreadable_redis_url_once() -> None:
+    violations = _check_good(redis_url="redis://:secret@127.0.0.1:notaport/1")
+    assert [v.check for v in violations] == ["host"]
+
+
+# --- resolvability of allowed hosts ---------------------------------------------------------------------
+
+
+def _no_lookup(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError(f"getaddrinfo was called for {args[0]!r}")
+
+
+def _resolves(*args: Any, **kwargs: Any) -> Any:
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.20.30.40", 0))]
+
+
+def test_unresolvable_host_is_refused() -> None:
+    violation = _one_line(check_resolvable("nonexistent.invalid"))
+    assert violation.check == "host"
+    assert "'nonexistent.invalid'" in violation.message
+    assert "does not resolve" in violation.message
+
+
+def test_hanging_resolver_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def hang(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return _resolves()
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    try:
+        violation = _one_line(check_resolvable("db.test-net", timeout=0.05))
+    finally:
+        release.set()
+    assert "no answer within 0.05 s" in violation.message
+
+
+@pytest.mark.parametrize("host", ["localhost", "db.localhost", "127.0.0.1", "::1", "/run/postgresql", "10.0.0.5"])
+def test_loopback_sockets_and_addresses_are_never_looked_up(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _no_lookup)
+    assert check_resolvable(host) is None
+
+
+def test_check_servers_passes_a_resolvable_allowed_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _resolves)
+    violations = check_servers(
+        postgres_url="postgresql://postgres:pw@db.test-net:5432/postgres",
+        redis_url="redis://cache.test-net:6379/0",
+        allowed_hosts=["db.test-net", "cache.test-net"],
+        environ=NO_ENV,
+    )
+    assert violations == []
+
+
+def test_check_servers_refuses_an_allowed_host_that_does_not_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    def lookup(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "typo.test-net":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return _resolves()
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    violations = check_servers(
+        postgres_url="postgresql://postgres:secret@typo.test-net:5432/postgres",
+        redis_url="redis://cache.test-net:6379/0",
+        allowed_hosts=["typo.test-net", "cache.test-net"],
+        environ=NO_ENV,
+    )
+    assert len(violations) == 1
+    message = _one_line(violations[0]).message
+    assert "'typo.test-net'" in message
+    assert "Name or service not known" in message
+    assert "postgresql://postgres:***@typo.test-net:5432/postgres" in message
+    assert "secret" not in message
+
+
+def test_check_servers_does_not_look_up_local_or_refused_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _no_lookup)
+    assert (
+        check_servers(
+            postgres_url="postgresql://postgres@localhost/postgres",
+            redis_url="unix:///tmp/redis.sock",
+            allowed_hosts=["localhost"],
+            environ=NO_ENV,
+        )
+        == []
+    )
+    violations = check_servers(
+        postgres_url="postgresql://postgres@/postgres",
+        redis_url=None,
+        allowed_hosts=[],
+        environ={"PGHOST": "db.example.com"},
+    )
+    assert [v.check for v in violations] == ["host"]
+    assert "from PGHOST" in violations[0].message
+    assert check_servers(postgres_url="", redis_url=None, allowed_hosts=[]) == []
 
 
 # --- redis index ------------------------------------------------------------------------------------------
@@ -198,6 +489,17 @@ def test_redis_index_from_url() -> None:
     assert redis_index_from_url("unix:///tmp/r.sock?db=2") == 2
     with pytest.raises(ValueError, match="index"):
         redis_index_from_url("redis://127.0.0.1:6379/x")
+    with pytest.raises(ValueError, match="index"):
+        redis_index_from_url("redis://127.0.0.1:6379/1?db=x")
+
+
+def test_redis_index_query_wins_as_in_redis_py() -> None:
+    """redis-py selects `?db=` over the path: judging the path would pass a URL that flushes index 0."""
+    from redis.connection import parse_url
+
+    url = "redis://127.0.0.1:6379/3?db=0"
+    assert parse_url(url)["db"] == redis_index_from_url(url) == 0  # type: ignore[no-untyped-call]
+    assert [v.check for v in _check_good(redis_url=url)] == ["redis_index"]
 
 
 # --- all together ----------------------------------------------------------------------------------------
@@ -214,6 +516,7 @@ def test_check_all_reports_every_violation() -> None:
         database_url="postgresql+asyncpg://dashtam_user:test@db.example.com:5432/dashtam",
         redis_url="redis://cache.example.com:6379/0",
         dev_database="dashtam",
+        environ=NO_ENV,
     )
     checks = [v.check for v in violations]
     assert checks == ["environment", "testing_flag", "database_name", "host", "host", "redis_index"]
@@ -227,6 +530,169 @@ def test_check_all_refuses_index_beyond_databases() -> None:
 def test_check_all_refuses_unparsable_redis_index() -> None:
     violations = _check_good(redis_url="redis://127.0.0.1:6379/one")
     assert [v.check for v in violations] == ["redis_index"]
+
+
+# --- the test env file, before anything starts --------------------------------------------------------------
+
+
+def _env_file(values: Mapping[str, str | None], **overrides: Any) -> list[Violation]:
+    kwargs: dict[str, Any] = {
+        "dev_database": "dashtam",
+        "dev_redis_index": 0,
+        "test_database": "dashtam_test",
+        "redis_index": 1,
+    }
+    kwargs.update(overrides)
+    return check_env_file(values, **kwargs)
+
+
+def test_env_file_with_lower_case_keys_passes() -> None:
+    assert _env_file({"environment": "testing", "testing": "true"}) == []
+    assert _env_file({"ENVIRONMENT": "testing", "TESTING": "1"}) == []
+    assert _env_file({"Environment": " testing ", "Testing": "Yes"}) == []
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "on", "t", "Y"])
+def test_env_file_testing_true_as_pydantic_reads_it(value: str) -> None:
+    assert _env_file({"environment": "testing", "testing": value}) == []
+
+
+@pytest.mark.parametrize("value", ["false", "0", "no", "off", "", "2", "enabled", None])
+def test_env_file_testing_not_true_is_refused(value: str | None) -> None:
+    violations = _env_file({"environment": "testing", "testing": value})
+    assert [v.check for v in violations] == ["testing_flag"]
+    assert "TESTING=true" in _one_line(violations[0]).message
+    assert "(as testing)" in violations[0].message
+
+
+@pytest.mark.parametrize("value", ["development", "Testing", "test", ""])
+def test_env_file_environment_other_than_testing_is_refused(value: str) -> None:
+    violations = _env_file({"environment": value, "testing": "true"})
+    assert [v.check for v in violations] == ["environment"]
+    assert "ENVIRONMENT=testing" in _one_line(violations[0]).message
+
+
+def test_env_file_without_environment_or_testing_is_refused() -> None:
+    violations = _env_file({"DATABASE_URL": "postgresql://u@127.0.0.1/dashtam_test"})
+    assert [v.check for v in violations] == ["environment", "testing_flag"]
+    assert "does not set ENVIRONMENT" in _one_line(violations[0]).message
+    assert "ENVIRONMENT=testing" in violations[0].message
+    assert "does not set TESTING" in _one_line(violations[1]).message
+
+
+def test_env_file_spelling_a_key_twice_is_judged_on_every_spelling() -> None:
+    violations = _env_file({"ENVIRONMENT": "testing", "environment": "development", "TESTING": "true"})
+    assert [v.check for v in violations] == ["environment"]
+    assert "'development'" in violations[0].message
+
+
+def test_env_file_database_and_redis_index() -> None:
+    good = {"environment": "testing", "testing": "true"}
+    assert [v.check for v in _env_file(good, test_database="dashtam")] == ["database_name"]
+    assert [v.check for v in _env_file(good, test_database="prod")] == ["database_name"]
+    assert [v.check for v in _env_file(good, redis_index=0)] == ["redis_index"]
+    assert [v.check for v in _env_file(good, redis_index=2, dev_redis_index=2)] == ["redis_index"]
+
+
+# --- the loaded settings, whatever the field spelling and type ------------------------------------------------
+
+
+def _lower_case_settings(monkeypatch: pytest.MonkeyPatch, *, database: str = "dashtam_test") -> Any:
+    """A project's settings with lower-case fields and pydantic types, fed from upper-case env vars."""
+    from pydantic import PostgresDsn, RedisDsn, SecretStr
+    from pydantic_settings import BaseSettings
+
+    class Settings(BaseSettings):
+        environment: str
+        testing: bool
+        database_url: PostgresDsn
+        redis_url: SecretStr
+        cache_url: RedisDsn | None = None
+
+    monkeypatch.setenv("ENVIRONMENT", "testing")
+    monkeypatch.setenv("TESTING", "true")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+asyncpg://u:pw@127.0.0.1:5433/{database}")
+    monkeypatch.setenv("REDIS_URL", "redis://:pw@127.0.0.1:6380/1")
+    return Settings(_env_file=None)
+
+
+def test_settings_value_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _lower_case_settings(monkeypatch)
+    for name in ("DATABASE_URL", "database_url", "Database_Url"):
+        assert settings_value(settings, name) is settings.database_url
+    assert settings_value(settings, "TESTING") is True
+    assert settings_value(settings, "NO_SUCH_FIELD") is None
+    assert settings_value(settings, "CACHE_URL") is None
+
+
+def test_plain_value_reveals_secrets_and_dsns(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _lower_case_settings(monkeypatch)
+    assert str(settings.redis_url) != "redis://:pw@127.0.0.1:6380/1"  # what a naive str() would check
+    assert plain_value(settings_value(settings, "REDIS_URL")) == "redis://:pw@127.0.0.1:6380/1"
+    assert (
+        plain_value(settings_value(settings, "DATABASE_URL")) == "postgresql+asyncpg://u:pw@127.0.0.1:5433/dashtam_test"
+    )
+    assert plain_value(None) is None
+
+
+def test_settings_value_through_an_alias_a_mapping_and_a_plain_object() -> None:
+    from pydantic import AliasChoices, BaseModel, Field
+
+    class Aliased(BaseModel):
+        db: str = Field(validation_alias=AliasChoices("DATABASE_URL", "DB"))
+
+    assert settings_value(Aliased(DATABASE_URL="x"), "database_url") == "x"
+    assert settings_value({"database_url": "y"}, "DATABASE_URL") == "y"
+
+    class Plain:
+        Environment = "testing"
+
+    assert settings_value(Plain(), "ENVIRONMENT") == "testing"
+
+
+def _check_settings(settings: object) -> list[Violation]:
+    return check_settings(
+        settings, dev_database="dashtam", dev_redis_index=0, redis_databases=16, allowed_hosts=(), environ=NO_ENV
+    )
+
+
+def test_check_settings_passes_lower_case_pydantic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _check_settings(_lower_case_settings(monkeypatch)) == []
+
+
+def test_check_settings_sees_through_the_pydantic_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    violations = _check_settings(_lower_case_settings(monkeypatch, database="dashtam"))
+    assert [v.check for v in violations] == ["database_name"]
+    assert "'dashtam'" in violations[0].message
+    assert "pw" not in violations[0].message
+
+
+def test_check_settings_refuses_missing_fields() -> None:
+    violations = _check_settings(
+        {"DATABASE_URL": "postgresql://u@127.0.0.1/dashtam_test", "REDIS_URL": "redis://127.0.0.1/1"}
+    )
+    assert [v.check for v in violations] == ["environment", "testing_flag"]
+    assert "declare the field and set ENVIRONMENT=testing" in _one_line(violations[0]).message
+    assert "declare the field and set TESTING=true" in _one_line(violations[1]).message
+
+
+def test_check_settings_honours_pghost(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = {
+        "environment": "testing",
+        "testing": True,
+        "database_url": "postgresql+asyncpg://u@/dashtam_test",
+        "redis_url": "redis://127.0.0.1/1",
+    }
+    violations = check_settings(
+        settings,
+        dev_database="dashtam",
+        dev_redis_index=0,
+        redis_databases=None,
+        allowed_hosts=(),
+        environ={"PGHOST": "10.1.2.3"},
+    )
+    assert [v.check for v in violations] == ["host"]
+    assert "from PGHOST" in violations[0].message
 
 
 def test_raise_for_joins_messages_on_one_line() -> None:
@@ -248,9 +714,25 @@ def test_ownership_stamp() -> None:
 # --- the gate cannot be bypassed in schema.py ---------------------------------------------------------------
 
 
-def test_schema_has_one_drop_and_it_runs_the_checks_first() -> None:
-    """Every DROP DATABASE is in `_drop_database`, after the name check and the live ownership check."""
-    import ast
+def _calls_before_drop(function: ast.AsyncFunctionDef) -> tuple[dict[str, int], int]:
+    """(first line of each call by name, line of the DROP DATABASE statement) inside one function."""
+    first_call: dict[str, int] = {}
+    for call in ast.walk(function):
+        if isinstance(call, ast.Call):
+            name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+            first_call[name] = min(first_call.get(name, call.lineno), call.lineno)
+    drop_line = next(
+        c.lineno
+        for c in ast.walk(function)
+        if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.startswith("DROP DATABASE")
+    )
+    return first_call, drop_line
+
+
+def test_schema_drops_only_behind_the_checks() -> None:
+    """Every DROP DATABASE in schema.py is in one of two functions, each behind its own guard:
+    `_drop_database` after the name check and the live ownership check, `_drop_unfinished` (a creation
+    that crashed before its stamp) after the unfinished-name match and the name check."""
     import inspect
 
     from pytest_dashtam import schema
@@ -266,17 +748,12 @@ def test_schema_has_one_drop_and_it_runs_the_checks_first() -> None:
                     holders.append(node.name)
                 if isinstance(child, ast.Attribute) and child.attr in ("flushdb", "flushall"):
                     holders.append(node.name)
-    assert set(holders) == {"_drop_database"}
+    assert "_drop_database" in holders
+    assert set(holders) <= {"_drop_database", "_drop_unfinished"}
 
-    drop = next(n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef) and n.name == "_drop_database")
-    first_call: dict[str, int] = {}
-    for call in ast.walk(drop):
-        if isinstance(call, ast.Call):
-            name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
-            first_call[name] = min(first_call.get(name, call.lineno), call.lineno)
-    drop_line = next(
-        c.lineno
-        for c in ast.walk(drop)
-        if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.startswith("DROP DATABASE")
-    )
+    functions = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef)}
+    first_call, drop_line = _calls_before_drop(functions["_drop_database"])
     assert first_call["check_test_name"] < first_call["check_owned_or_absent"] < drop_line
+    if "_drop_unfinished" in holders:
+        first_call, drop_line = _calls_before_drop(functions["_drop_unfinished"])
+        assert first_call["fullmatch"] < first_call["check_test_name"] < drop_line

@@ -1,0 +1,132 @@
+"""Someone else's data on the shared servers, planted by a test and checksummed before and after a run.
+
+The servers the plugin tests use are shared (the machine's own, other checkouts' runs): a test plants data
+of its own under names nobody else uses, counts it as foreign (the run under test must not own it), and
+compares a checksum of it, of the machine's pre-existing databases and of the planted Redis index after
+the run. Nothing here depends on being alone on the servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis
+
+# Databases every machine of this kind has, which the plugin must never touch.
+MACHINE_DATABASES = ("postgres", "test", "root")
+LEASE_PREFIX = "pytest-dashtam-lease-"
+
+
+def unique_name(stem: str) -> str:
+    """A database base name no other test or run uses: `<stem>_<hex>_test`."""
+    return f"{stem}_{secrets.token_hex(3)}_test"
+
+
+@dataclass
+class Foreign:
+    """Foreign databases and one foreign Redis index planted on the shared servers."""
+
+    postgres_url: str
+    redis_url: str
+    databases: list[str] = field(default_factory=list)
+    redis_index: int | None = None
+
+    def admin(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self.postgres_url, autocommit=True)
+
+    def plant_database(self, name: str, rows: int = 3, *, table: str = "entries") -> None:
+        """An unstamped database `name` holding a table of someone else's rows."""
+        with self.admin() as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        self.databases.append(name)
+        with psycopg.connect(self.postgres_url, dbname=name, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE {table} (id serial PRIMARY KEY, title text)")
+            for i in range(rows):
+                conn.execute(f"INSERT INTO {table} (title) VALUES (%s)", (f"someone else's row {i}",))
+
+    def redis(self, index: int) -> redis.Redis:
+        return redis.Redis.from_url(f"{self.redis_url.rstrip('/')}/{index}", decode_responses=True)
+
+    def free_index(self, start: int = 1, *, avoid: tuple[int, ...] = ()) -> int:
+        """An index that is empty and leased by no run right now (other runs may be using the rest)."""
+        leased = {
+            int(c.get("db", -1)) for c in self.redis(0).client_list() if str(c.get("name", "")).startswith(LEASE_PREFIX)
+        }
+        databases = int(str(self.redis(0).config_get("databases")["databases"]))
+        for index in range(start, databases):
+            if index in avoid or index in leased:
+                continue
+            if self.redis(index).dbsize() == 0:
+                return index
+        raise AssertionError("no free Redis index on the shared server for the foreign data")
+
+    def plant_redis(self, index: int, keys: int = 50) -> None:
+        """`keys` keys of someone else's in index `index` (which must be empty and unleased)."""
+        self.redis_index = index
+        client = self.redis(index)
+        tag = secrets.token_hex(4)
+        for i in range(keys):
+            client.set(f"someone:{tag}:{i}", f"value {i}")
+
+    def checksum(self) -> dict[str, Any]:
+        """What the run must leave exactly as it was."""
+        result: dict[str, Any] = {}
+        with self.admin() as admin:
+            rows = admin.execute(
+                "SELECT datname, oid, shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE datname = ANY(%s) ORDER BY datname",
+                (list(MACHINE_DATABASES) + self.databases,),
+            ).fetchall()
+        result["databases"] = [tuple(r) for r in rows]
+        for name in self.databases:
+            result[f"db:{name}"] = database_digest(self.postgres_url, name)
+        if self.redis_index is not None:
+            client = self.redis(self.redis_index)
+            result["redis"] = sorted((k, client.get(k)) for k in client.keys("*"))
+        return result
+
+    def cleanup(self) -> None:
+        with self.admin() as admin:
+            for name in self.databases:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if self.redis_index is not None:
+            client = self.redis(self.redis_index)
+            keys = client.keys("someone:*")
+            if keys:
+                client.delete(*keys)
+
+
+def database_digest(postgres_url: str, name: str) -> str:
+    """A digest of every table's rows in database `name` (schema, table and ordered row text)."""
+    digest = hashlib.sha256()
+    with psycopg.connect(postgres_url, dbname=name, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
+            "ORDER BY 1, 2"
+        ).fetchall()
+        for schema, table in tables:
+            digest.update(f"{schema}.{table}\n".encode())
+            for row in conn.execute(f'SELECT t::text FROM "{schema}"."{table}" t ORDER BY 1').fetchall():
+                digest.update(f"{row[0]}\n".encode())
+    return digest.hexdigest()
+
+
+def databases_like(postgres_url: str, prefix: str) -> set[str]:
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        rows = admin.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall()
+    return {r[0] for r in rows}
+
+
+@contextmanager
+def foreign_data(postgres_url: str, redis_url: str) -> Iterator[Foreign]:
+    foreign = Foreign(postgres_url, redis_url)
+    try:
+        yield foreign
+    finally:
+        foreign.cleanup()

@@ -1,0 +1,73 @@
+"""Issue 8, case 5: a compose file that sets POSTGRES_DB, as the official image documents, just works.
+
+The server is one the run itself creates from nothing (its own compose project), so what the image made
+there is the plugin's to use and drop; the shared servers the env file names are never reached.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from foreign import Foreign, foreign_data
+from todo_project import Todo
+
+from pytest_dashtam.backends.compose import docker_available
+
+ADMIN_URL = os.environ.get("DASHTAM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("DASHTAM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.skipif(
+        not docker_available(),
+        reason="no Docker engine with compose v2 answers; start one (on the offline CI machines: "
+        "bash ../shared/docker-offline/setup.sh)",
+    ),
+]
+
+
+@pytest.fixture
+def shared() -> Iterator[Foreign]:
+    with foreign_data(ADMIN_URL, REDIS_URL) as foreign:
+        yield foreign
+
+
+@pytest.fixture
+def compose_project() -> Iterator[str]:
+    name = f"todo-it-{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(
+        ["docker", "compose", "--project-name", name, "down", "--volumes", "--remove-orphans", "--timeout", "1"],
+        capture_output=True,
+        timeout=120,
+        cwd="/",
+    )
+
+
+def test_postgres_db_in_the_compose_file(tmp_path: Path, shared: Foreign, compose_project: str) -> None:
+    index = shared.free_index(1)
+    todo = Todo.make(tmp_path / "c", ADMIN_URL, REDIS_URL, index)
+    todo.write_env(TODO_DB=todo.database)  # the compose file's POSTGRES_DB: the env file's test database
+    todo.ini(dashtam_compose_files="docker-compose.test.yml", dashtam_compose_project=compose_project)
+    shared.plant_database(todo.database)  # the same name on the shared server the env file names
+    shared.plant_redis(index)
+    before = shared.checksum()
+    images = {k: v for k, v in os.environ.items() if k in ("DASHTAM_POSTGRES_IMAGE", "DASHTAM_REDIS_IMAGE")}
+    result = todo.run("tests/test_todo.py", "tests/test_escape.py", backend="compose", **images)
+    result.assert_outcomes(passed=7)
+    result.stdout.fnmatch_lines([f"dashtam: database {todo.database} from template {todo.database}_tpl_*"])
+    assert "refusing to drop" not in result.stdout.str()
+    assert shared.checksum() == before
+    # The run started the project, so it took it down.
+    ps = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={compose_project}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ps.stdout.strip() == ""
