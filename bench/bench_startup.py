@@ -49,7 +49,8 @@ def _local_once(pg: PgBinaries, redis_bin: RedisBinary, cache: Path, state: Path
     stack = backend.start()
     elapsed = time.perf_counter() - t0
     backend.stop()
-    return elapsed, str(stack.details["cluster_cache"])
+    assert stack.local is not None
+    return elapsed, stack.local.cluster_cache
 
 
 def bench_local(pg: PgBinaries, redis_bin: RedisBinary, runs: int, cold_runs: int) -> dict[str, list[float]]:

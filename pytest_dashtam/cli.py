@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -16,29 +18,35 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast, get_args
+from typing import Any, cast, get_args
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from pytest_dashtam.backends import Backend, BackendName, BackendOptions, Stack, get_backend
-from pytest_dashtam.backends.base import EnvName, SupportsDown, SupportsLogs
+from pytest_dashtam.backends import (
+    Backend,
+    BackendChoice,
+    BackendName,
+    BackendOptions,
+    EnvName,
+    Stack,
+    StackStatus,
+    get_backend,
+    select_backend,
+)
 from pytest_dashtam.config import PluginConfig
 from pytest_dashtam.errors import BackendError, ConfigError, DashtamError, SafetyError
 from pytest_dashtam.urls import mask_url
 
 ENVS: tuple[EnvName, ...] = get_args(EnvName)
-BackendChoice = Literal["auto", "compose", "local", "external"]
 BACKEND_CHOICES: tuple[str, ...] = get_args(BackendChoice)
 
-COMPOSE_FILES: Mapping[EnvName, str] = {
-    "dev": "docker/docker-compose.dev.yml",
-    "test": "docker/docker-compose.test.yml",
-}
-ENV_FILES: Mapping[EnvName, str] = {"dev": "env/.env.dev", "test": "env/.env.test"}
+# The dev environment is the CLI's own (the plugin knows only the test one): its files are fixed.
+DEV_COMPOSE_FILE = "docker/docker-compose.dev.yml"
+DEV_ENV_FILE = "env/.env.dev"
 DEV_ENV_EXAMPLE = "env/.env.dev.example"
 # Where the CLI remembers which backend runs an environment, so `down` and `status` find it.
 CLI_STATE = "cli.json"
@@ -50,15 +58,19 @@ class UsageProblem(DashtamError):
 
 @dataclass(frozen=True)
 class Env:
-    """One environment as the CLI sees it: its name, files and the values of its env file."""
+    """One environment as the CLI sees it: its name, env file and values, and the plugin's configuration.
+
+    The test environment's `config` is exactly what a pytest run in this project resolves (pyproject's
+    [tool.pytest.ini_options] / pytest.ini, DASHTAM_* variables, the CLI's own flags on top), so a stack
+    brought up here is the one pytest attaches to. The dev environment reads the same sources for the
+    backend, servers, binaries and timeout, with its own env file.
+    """
 
     name: EnvName
     root: Path
+    env_file: Path
     values: Mapping[str, str]
-
-    @property
-    def env_file(self) -> Path:
-        return self.root / ENV_FILES[self.name]
+    config: PluginConfig
 
     def value(self, key: str, default: str = "") -> str:
         return self.values.get(key) or default
@@ -68,19 +80,53 @@ def _say(message: str) -> None:
     print(f"dashtam-env: {message}", flush=True)
 
 
-def load_env(name: EnvName, root: Path) -> Env:
-    """Read the environment's file; the dev file is copied from its example on first use."""
-    path = root / ENV_FILES[name]
-    if name == "dev" and not path.exists():
+def plugin_config(
+    root: Path, *, env_file: Path | None = None, backend: BackendChoice | None = None, timeout: float | None = None
+) -> PluginConfig:
+    """The plugin's own configuration of this project (pyproject's [tool.pytest.ini_options], pytest.ini,
+    DASHTAM_* variables), the CLI's flags in the place of pytest's: one configuration for both."""
+    from pytest_dashtam.config import OPTIONS, build_config
+
+    ini = _ini_values(root)
+    by_key = {o.ini: o.name for o in OPTIONS}
+    values = {by_key[k]: v for k, v in ini.items() if k in by_key}
+    cli: dict[str, object | None] = {"backend": backend, "timeout": timeout}
+    if env_file is not None:
+        cli["env_file"] = str(env_file)
+    return build_config(cli, os.environ, values, root)
+
+
+def load_env(name: EnvName, root: Path, *, backend: BackendChoice | None = None, timeout: float | None = None) -> Env:
+    """The environment's files and configuration; the dev env file is copied from its example on first use."""
+    if name == "test":
+        config = plugin_config(root, backend=backend, timeout=timeout)
+        return Env(name=name, root=root, env_file=config.env_file, values=config.env_values, config=config)
+    path = root / DEV_ENV_FILE
+    if not path.exists():
         example = root / DEV_ENV_EXAMPLE
         if not example.exists():
             raise ConfigError(f"{path} is missing and so is {example}; run dashtam-env from the project root")
         shutil.copyfile(example, path)
         _say(f"created {path.relative_to(root)} from {example.name}; edit it to set your own secrets")
-    if not path.exists():
-        raise ConfigError(f"{path} is missing; run dashtam-env from the project root (or pass --project-root)")
+    config = plugin_config(root, env_file=path, backend=backend, timeout=timeout)
     values = {k: v for k, v in dotenv_values(path).items() if v is not None}
-    return Env(name=name, root=root, values=values)
+    return Env(name=name, root=root, env_file=path, values=values, config=config)
+
+
+def backend_options(env: Env) -> BackendOptions:
+    """The plugin's backend options for this project, for `env`; what `up` starts outlives the command."""
+    from pytest_dashtam.lifecycle import backend_options as plugin_backend_options
+
+    options = dataclasses.replace(plugin_backend_options(env.config), env=env.name, keep=True)
+    if env.name == "dev":
+        options = dataclasses.replace(
+            options,
+            compose_files=(DEV_COMPOSE_FILE,),
+            env_file=str(env.env_file),
+            # A second checkout (or a test) runs its own dev project beside the usual dashtam-dev.
+            project_name=os.environ.get("DASHTAM_DEV_COMPOSE_PROJECT") or None,
+        )
+    return options
 
 
 def _state_dir(env: Env) -> Path:
@@ -106,76 +152,73 @@ def _remember_backend(env: Env, name: BackendName | None) -> None:
     path.write_text(json.dumps({"backend": name, "since": time.time()}))
 
 
-def _docker_available() -> bool:
-    try:
-        from pytest_dashtam.backends.compose import docker_available
-    except ImportError:
-        return False
-    return docker_available()
+def choose_backend(env: Env) -> tuple[Backend, str]:
+    """(backend, why): the configured choice (--backend > DASHTAM_BACKEND > ini dashtam_backend > auto);
+    `auto` is what already runs this environment (what `up` remembered), else the plugin's own selection."""
+    config = env.config
+    options = backend_options(env)
+    if config.backend == "auto":
+        remembered = _remembered_backend(env)
+        if remembered is not None:
+            return get_backend(remembered, options), "auto: the backend dashtam-env up used"
+    source = config.source("backend")
+    return select_backend(config.backend, options, chosen_by="--backend" if source.startswith("--") else source)
 
 
-def resolve_backend(choice: BackendChoice, env: Env, *, for_start: bool) -> BackendName:
-    """`auto` means: what already runs this environment, else external if URLs are given,
-    compose if a Docker engine answers, local otherwise (ARCHITECTURE.md)."""
-    if choice != "auto":
-        return choice
-    remembered = _remembered_backend(env)
-    if remembered is not None:
-        return remembered
-    if os.environ.get("DASHTAM_POSTGRES_URL") and os.environ.get("DASHTAM_REDIS_URL"):
-        return "external"
-    if for_start and _docker_available():
-        return "compose"
-    return "local"
+def find_running(env: Env) -> tuple[Backend, StackStatus]:
+    """The backend whose stack runs this environment, with its status, for `down`, `status` and `logs`.
 
-
-def make_backend(name: BackendName, env: Env, *, timeout: float) -> Backend:
-    options = BackendOptions(
-        env=env.name,
-        project_root=env.root,
-        state_dir=_state_dir(env),
-        keep=True,  # what `up` starts outlives this command; `down` stops it
-        postgres_url=os.environ.get("DASHTAM_POSTGRES_URL"),
-        redis_url=os.environ.get("DASHTAM_REDIS_URL"),
-        postgres_bin=os.environ.get("DASHTAM_POSTGRES_BIN"),
-        redis_bin=os.environ.get("DASHTAM_REDIS_BIN"),
-        compose_files=(COMPOSE_FILES[env.name],),
-        env_file=str(env.env_file),
-        # A second checkout (or a test) runs its own compose projects beside the usual dashtam-dev/-test.
-        project_name=os.environ.get(f"DASHTAM_{env.name.upper()}_COMPOSE_PROJECT") or None,
-        timeout=timeout,
-    )
-    return get_backend(name, options)
+    With `auto`, a local stack that the selection would not pick (a Docker engine answers now, the stack is
+    a pytest run's `--dashtam-keep`) is still found: auto reuses what already runs.
+    """
+    backend, _reason = choose_backend(env)
+    status = backend.status()
+    if status.running or env.config.backend != "auto" or backend.name == "local":
+        return backend, status
+    local = get_backend("local", backend_options(env))
+    local_status = local.status()
+    return (local, local_status) if local_status.running else (backend, status)
 
 
 # --- URLs for the application -----------------------------------------------------------------
 
 
 def app_database_url(stack: Stack, env: Env) -> str:
-    """The app's DATABASE_URL on this stack: the env file's database on the stack's host and port (or
-    Unix socket). Dev connects as the env file's role (`up dev` creates it); the throw-away test stack
-    as the stack's own admin role, as the pytest plugin does (a local test cluster has no other role)."""
-    wanted = urlsplit(env.value("DATABASE_URL"))
-    database = wanted.path.lstrip("/") or env.value("POSTGRES_DB", "postgres")
-    if env.name == "test":
-        from pytest_dashtam.schema import database_url
+    """The app's DATABASE_URL on this stack: the env file's database and driver on the stack's server.
 
-        return database_url(stack.postgres_url, database)
-    admin = urlsplit(stack.postgres_url)
-    user = wanted.username or env.value("POSTGRES_USER", "postgres")
-    password = wanted.password or env.value("POSTGRES_PASSWORD")
-    auth = f"{user}:{password}@" if password else f"{user}@"
-    host = admin.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{admin.port}" if admin.port else ""
-    query = f"?{admin.query}" if admin.query else ""
-    return f"postgresql+asyncpg://{auth}{host}{port}/{database}{query}"
+    The test stack is reached as the plugin points the app at it (its admin role: a local test cluster has
+    no other); dev as the env file's role, which `up dev` creates.
+    """
+    from sqlalchemy.engine import make_url
+
+    from pytest_dashtam.urls import app_database_url as plugin_app_url
+
+    wanted_text = env.value("DATABASE_URL")
+    wanted = None
+    with contextlib.suppress(Exception):  # unparsable: the env file's defaults below
+        wanted = make_url(wanted_text) if wanted_text else None
+    database = (wanted.database if wanted is not None else None) or env.value("POSTGRES_DB", "postgres")
+    url = make_url(plugin_app_url(wanted_text or None, stack.postgres_url, database))
+    if env.name == "dev":
+        user = (wanted.username if wanted is not None else None) or env.value("POSTGRES_USER", "postgres")
+        password = (wanted.password if wanted is not None else None) or env.value("POSTGRES_PASSWORD") or None
+        url = url.set(username=user, password=password)
+    return url.render_as_string(hide_password=False)
 
 
 def app_redis_url(stack: Stack, env: Env) -> str:
-    index = urlsplit(env.value("REDIS_URL")).path.strip("/") or ("0" if env.name == "dev" else "1")
-    return f"{stack.redis_url.rstrip('/')}/{index}"
+    """The app's REDIS_URL on this stack: the test run's first index (the plugin's), or dev's own."""
+    from pytest_dashtam.schema import redis_url_with_index
+
+    if env.name == "test":
+        return redis_url_with_index(stack.redis_url, env.config.redis_index)
+    from redis.connection import parse_url
+
+    index = 0
+    with contextlib.suppress(Exception):  # no or an unparsable REDIS_URL: index 0
+        parsed = cast("Callable[[str], dict[str, Any]]", parse_url)(env.value("REDIS_URL"))
+        index = int(parsed.get("db") or 0)
+    return redis_url_with_index(stack.redis_url, index)
 
 
 async def _provision_dev(stack: Stack, env: Env) -> None:
@@ -205,10 +248,10 @@ async def _provision_dev(stack: Stack, env: Env) -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _print_stack(stack: Stack, env: Env, *, headline: bool = True) -> None:
+def _print_stack(stack: Stack, env: Env, *, headline: bool = True, reason: str = "") -> None:
     if headline:
         how = "started" if stack.started else "attached to"
-        _say(f"{env.name}: {how} {stack.backend} stack")
+        _say(f"{env.name}: {how} {stack.backend} stack" + (f" ({reason})" if reason else ""))
     _say(f"  postgres {stack.postgres_version}: {mask_url(app_database_url(stack, env))}")
     _say(f"  redis {stack.redis_version}: {app_redis_url(stack, env)}")
     if stack.tuning:
@@ -279,71 +322,56 @@ def run_apps(stack: Stack, env: Env) -> int:
     return status
 
 
-def cmd_up(env: Env, backend_choice: BackendChoice, *, run_app: bool, timeout: float) -> int:
-    name = resolve_backend(backend_choice, env, for_start=True)
-    backend = make_backend(name, env, timeout=timeout)
+def cmd_up(env: Env, *, run_app: bool) -> int:
+    backend, reason = choose_backend(env)
     stack = backend.start()
-    _remember_backend(env, name)
+    _remember_backend(env, backend.name)
     if env.name == "dev":
         from pytest_dashtam import schema
 
         asyncio.run(_provision_dev(stack, env))
-        asyncio.run(schema.migrate(app_database_url(stack, env), str(env.root / "alembic.ini")))
+        alembic_ini = env.config.alembic_ini or env.root / "alembic.ini"
+        asyncio.run(schema.migrate(app_database_url(stack, env), str(alembic_ini)))
         _say("dev database migrated to head")
-    _print_stack(stack, env)
+    _print_stack(stack, env, reason=reason)
     if env.name == "dev" and run_app:
         return run_apps(stack, env)
     return 0
 
 
-def cmd_down(env: Env, backend_choice: BackendChoice, *, timeout: float) -> int:
-    name = resolve_backend(backend_choice, env, for_start=False)
-    backend = make_backend(name, env, timeout=timeout)
-    if not isinstance(backend, SupportsDown):
-        raise UsageProblem(f"the {name} backend does not stop servers it does not own; stop them where they run")
-    if not backend.status().running:
-        _say(f"{env.name}: nothing running ({name} backend)")
-    else:
+def cmd_down(env: Env) -> int:
+    backend, status = find_running(env)
+    if status.running:
         backend.down()
-        _say(f"{env.name}: stopped ({name} backend)")
+    else:
+        # Nothing answers: what is left (a dead run's stack) still goes where the backend can reach it; a
+        # backend that stops nothing by its nature (external) says so either way.
+        with contextlib.suppress(BackendError):
+            backend.down()
+    _say(f"{env.name}: {'stopped' if status.running else 'nothing running'} ({backend.name} backend)")
     _remember_backend(env, None)
     return 0
 
 
-def cmd_status(envs: Sequence[Env], backend_choice: BackendChoice, *, timeout: float) -> int:
+def cmd_status(envs: Sequence[Env]) -> int:
     for env in envs:
-        name = resolve_backend(backend_choice, env, for_start=False)
-        status = make_backend(name, env, timeout=timeout).status()
+        backend, status = find_running(env)
         if not status.running or status.stack is None:
-            _say(f"{env.name}: not running ({name} backend){': ' + status.detail if status.detail else ''}")
+            _say(f"{env.name}: not running ({backend.name} backend){': ' + status.detail if status.detail else ''}")
             continue
         since = ""
         if status.since:
             since = " since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.since))
-        _say(f"{env.name}: running on the {name} backend{since}")
+        _say(f"{env.name}: running on the {backend.name} backend{since}")
         _print_stack(status.stack, env, headline=False)
     return 0
 
 
-def cmd_logs(env: Env, backend_choice: BackendChoice, *, lines: int, timeout: float) -> int:
-    name = resolve_backend(backend_choice, env, for_start=False)
-    backend = make_backend(name, env, timeout=timeout)
-    if not isinstance(backend, SupportsLogs):
-        raise UsageProblem(f"the {name} backend keeps no logs of its own (its servers are someone else's)")
+def cmd_logs(env: Env, *, lines: int) -> int:
+    backend, _status = find_running(env)
     text = backend.logs(lines)
     sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     return 0
-
-
-def plugin_config(env: Env) -> PluginConfig:
-    """The plugin's own configuration of this project (pyproject's [tool.pytest.ini_options], pytest.ini,
-    DASHTAM_* variables), so the CLI goes through the same gate with the same dev database and index."""
-    from pytest_dashtam.config import OPTIONS, build_config
-
-    ini = _ini_values(env.root)
-    by_key = {o.ini: o.name for o in OPTIONS}
-    values = {by_key[k]: v for k, v in ini.items() if k in by_key}
-    return build_config({"env_file": str(env.env_file)}, os.environ, values, env.root)
 
 
 def _ini_values(root: Path) -> dict[str, object]:
@@ -435,14 +463,12 @@ async def _reset_test(stack: Stack, env: Env, config: PluginConfig) -> str:
     return test_db
 
 
-def cmd_reset(env: Env, backend_choice: BackendChoice, *, timeout: float) -> int:
-    if env.name != "test":
-        raise UsageProblem("only the test environment can be reset: the dev database is never dropped")
-    config = plugin_config(env)
+def cmd_reset(env: Env) -> int:
+    config = env.config
     _gate(config)
-    name = resolve_backend(backend_choice, env, for_start=True)
-    stack = make_backend(name, env, timeout=timeout).start()
-    _remember_backend(env, name)
+    backend, _reason = choose_backend(env)
+    stack = backend.start()
+    _remember_backend(env, backend.name)
     test_db = asyncio.run(_reset_test(stack, env, config))
     _say(f"test: database {test_db} rebuilt from the migrations, Redis index {app_redis_url(stack, env)} emptied")
     return 0
@@ -462,10 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
-        default=os.environ.get("DASHTAM_BACKEND", "auto"),
-        help="where the servers run (default: $DASHTAM_BACKEND or auto)",
+        default=None,
+        help="where the servers run (default: as for pytest: DASHTAM_BACKEND, else dashtam_backend, else auto)",
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the servers (default 60)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the servers (default: as for pytest: DASHTAM_TIMEOUT, else dashtam_timeout, "
+        "else the backend's own)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start an environment (dev also migrates and runs the app until Ctrl-C)")
     up.add_argument("env", choices=ENVS)
@@ -482,27 +514,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _status_envs(root: Path, name: EnvName | None, backend: BackendChoice | None, timeout: float | None) -> list[Env]:
+    """The environments `status` reports: the one named, else those whose env file is there."""
+    if name is not None:
+        return [load_env(name, root, backend=backend, timeout=timeout)]
+    envs: list[Env] = []
+    if (root / DEV_ENV_FILE).exists():
+        envs.append(load_env("dev", root, backend=backend, timeout=timeout))
+    try:
+        envs.append(load_env("test", root, backend=backend, timeout=timeout))
+    except ConfigError as exc:
+        _say(f"test: not configured here ({exc})")
+    return envs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.backend not in BACKEND_CHOICES:
-        parser.error(f"--backend must be one of {', '.join(BACKEND_CHOICES)} (got {args.backend!r})")
     root: Path = args.project_root.resolve()
-    backend: BackendChoice = args.backend
+    backend: BackendChoice | None = args.backend
+    timeout: float | None = args.timeout
     try:
+        if args.command == "reset" and args.env != "test":
+            raise UsageProblem("only the test environment can be reset: the dev database is never dropped")
         if args.command == "status":
-            names: Sequence[EnvName] = (args.env,) if args.env else ENVS
-            envs = [load_env(n, root) for n in names if args.env or (root / ENV_FILES[n]).exists()]
-            return cmd_status(envs, backend, timeout=args.timeout)
-        env = load_env(args.env, root)
+            return cmd_status(_status_envs(root, args.env, backend, timeout))
+        env = load_env(args.env, root, backend=backend, timeout=timeout)
         if args.command == "up":
-            return cmd_up(env, backend, run_app=not args.no_app, timeout=args.timeout)
+            return cmd_up(env, run_app=not args.no_app)
         if args.command == "down":
-            return cmd_down(env, backend, timeout=args.timeout)
+            return cmd_down(env)
         if args.command == "logs":
-            return cmd_logs(env, backend, lines=args.lines, timeout=args.timeout)
+            return cmd_logs(env, lines=args.lines)
         if args.command == "reset":
-            return cmd_reset(env, backend, timeout=args.timeout)
+            return cmd_reset(env)
     except (ConfigError, SafetyError, UsageProblem) as exc:
         print(f"dashtam-env: error: {exc}", file=sys.stderr)
         return 2

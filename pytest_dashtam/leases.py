@@ -239,7 +239,13 @@ class Leases:
                 f"PostgreSQL at {self._masked_pg}: timed out after {self._timeout:g}s trying to {what}; "
                 "check that the server answers and nothing blocks it (pg_stat_activity)"
             ) from exc
-        except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            ValueError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions._base.InternalClientError,  # a connection the server ended mid-protocol
+        ) as exc:
             raise BackendError(
                 f"PostgreSQL at {self._masked_pg}: cannot {what}: {_one_line(exc)}; "
                 "check that the server runs, the admin URL is right and its role has CREATEDB"

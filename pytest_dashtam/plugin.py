@@ -18,54 +18,18 @@ import functools
 import gc
 import os
 import sys
-from collections.abc import Generator
+import warnings
 from typing import Any
 
 import pytest
 
-from pytest_dashtam import __version__
+from pytest_dashtam import __version__, fixtures
 from pytest_dashtam.config import OPTIONS, PluginConfig, build_config
+from pytest_dashtam.environment import Handoff, export_env, restore_env
 from pytest_dashtam.errors import ConfigError
-from pytest_dashtam.fixtures import (
-    CONFIG_ERROR_KEY,
-    FOLLOW_TEST_LOOP,
-    RUN_KEY,
-    STACK_FIXTURES,
-    _dashtam_app,
-    _dashtam_db_marker,
-    _dashtam_engines,
-    _dashtam_prepared,
-    _dashtam_redis_pools,
-    _dashtam_run,
-    _dashtam_transaction,
-    client,
-    dashtam_config,
-    dashtam_guard,
-    dashtam_settings,
-    dashtam_stack,
-    db_engine,
-    db_session,
-    redis_client,
-)
-from pytest_dashtam.lifecycle import PHASES, DashtamRun, Handoff, describe_report, export_env, restore_env
-
-__all__ = [
-    "_dashtam_app",
-    "_dashtam_db_marker",
-    "_dashtam_engines",
-    "_dashtam_prepared",
-    "_dashtam_redis_pools",
-    "_dashtam_run",
-    "_dashtam_transaction",
-    "client",
-    "dashtam_config",
-    "dashtam_guard",
-    "dashtam_settings",
-    "dashtam_stack",
-    "db_engine",
-    "db_session",
-    "redis_client",
-]
+from pytest_dashtam.fixtures import CONFIG_ERROR_KEY, RUN_KEY, STACK_FIXTURES
+from pytest_dashtam.report import PHASES, describe_report
+from pytest_dashtam.run import DashtamRun
 
 CONFIG_KEY = pytest.StashKey[PluginConfig]()
 SAVED_ENV_KEY = pytest.StashKey[dict[str, "str | None"]]()
@@ -74,15 +38,29 @@ FROZE_GC_KEY = pytest.StashKey[bool]()
 # The xdist controller: what its workers reported at the end (workeroutput), for the summary.
 WORKER_REPORTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 ENTRY_POINT_NAME = "dashtam"
+FIXTURES_PLUGIN_NAME = "dashtam-fixtures"
+
+
+class DashtamTeardownWarning(pytest.PytestWarning):
+    """Something the plugin could not undo at the end (a database it could not drop, a stack it could not
+    stop): a warning, as pytest-django's, so `-W error::pytest_dashtam.plugin.DashtamTeardownWarning` can make
+    it fail the run, and never a masked result."""
 
 
 # --- registration ---------------------------------------------------------------------------------------
 
 
 def pytest_plugin_registered(plugin: object, plugin_name: str, manager: pytest.PytestPluginManager) -> None:
-    """Loaded by `-p pytest_dashtam.plugin` (or `-p pytest_dashtam`): keep the entry point from loading it twice."""
-    if plugin is sys.modules[__name__] and plugin_name != ENTRY_POINT_NAME:
+    """Loaded by `-p pytest_dashtam.plugin` (or `-p pytest_dashtam`): keep the entry point from loading it twice.
+
+    The fixtures live in their own module, registered beside this one.
+    """
+    if plugin is not sys.modules[__name__]:
+        return
+    if plugin_name != ENTRY_POINT_NAME:
         manager.set_blocked(ENTRY_POINT_NAME)
+    if manager.get_plugin(FIXTURES_PLUGIN_NAME) is None:
+        manager.register(fixtures, FIXTURES_PLUGIN_NAME)
 
 
 # --- options --------------------------------------------------------------------------------------------
@@ -244,35 +222,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         del config.stash[SAVED_ENV_KEY]
 
 
-# --- the event loop of the per-test fixtures ----------------------------------------------------------------
-
-
-def _test_loop_scope(item: pytest.Item) -> str:
-    marker = item.get_closest_marker("asyncio")
-    scope = (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")) if marker is not None else None
-    if not scope:
-        try:
-            scope = item.config.getini("asyncio_default_test_loop_scope")
-        except ValueError:
-            scope = None
-    return str(scope or "function")
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_fixture_setup(
-    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
-) -> Generator[None, Any, Any]:
-    """Run db_session, redis_client and client in the requesting test's event loop.
-
-    asyncpg connections belong to the loop that opened them; pytest-asyncio picks a fixture's loop from its
-    declared loop scope, which a plugin cannot know in advance (the test may use a function, module or
-    session loop), so it is set here, per test, from the test's own loop scope.
-    """
-    if fixturedef.argname in FOLLOW_TEST_LOOP and isinstance(request.node, pytest.Item):
-        setattr(fixturedef.func, "_loop_scope", _test_loop_scope(request.node))  # noqa: B010 (read by pytest-asyncio)
-    return (yield)
-
-
 # --- preparing the stack after collection -------------------------------------------------------------------
 
 
@@ -371,7 +320,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     `_unfreeze_gc` undoes it.
     """
     config = session.config
-    if RUN_KEY not in config.stash or gc.get_freeze_count() != 0:
+    plugin_config = config.stash.get(CONFIG_KEY, None)
+    if RUN_KEY not in config.stash or plugin_config is None or not plugin_config.gc_freeze:
+        return
+    if gc.get_freeze_count() != 0:
         return
     gc.freeze()
     config.stash[FROZE_GC_KEY] = True
@@ -405,10 +357,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is None:
         return
-    config.stash[PROBLEMS_KEY] = run.finish()
+    problems = config.stash[PROBLEMS_KEY] = run.finish()
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["dashtam_report"] = run.report()
+    for problem in problems:  # after everything was done: a warning turned error must not leave work undone
+        warnings.warn(DashtamTeardownWarning(f"pytest-dashtam teardown: {problem}"), stacklevel=1)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -427,7 +381,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             lines.extend(describe_report(report)[1:] if "error" not in report else describe_report(report))
     elif run is not None and (run.prepared is not None or run.error is not None):
         reports = [run.report()]
-    lines.extend(f"dashtam: teardown problem: {p}" for p in config.stash.get(PROBLEMS_KEY, []))
     if plugin_config.timings:
         for report in reports:
             phases: dict[str, float] = report.get("timings", {})

@@ -68,3 +68,10 @@ _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s'\"]*:)[^@\s'\"]+@")
 def mask_urls_in(text: str) -> str:
     """Any text (an exception's message, a validation error) with the password of every URL in it masked."""
     return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+def libpq_url(url: str) -> str:
+    """`postgresql://...` for asyncpg and libpq, whatever SQLAlchemy driver suffix the URL carries."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

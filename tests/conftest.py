@@ -7,10 +7,24 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from selftest import Servers, named_servers, private_servers
 
 from pytest_dashtam.guard import active_guard
 
 APP_TESTS = Path(__file__).parent / "app"
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The PostgreSQL and Redis the integration and plugin tests work on: the ones DASHTAM_POSTGRES_URL and
+    DASHTAM_REDIS_URL name (CI's, yours), else a private local-backend stack started for this session (one per
+    xdist worker: nothing else on the machine meets it)."""
+    named = named_servers()
+    if named is not None:
+        yield named
+        return
+    with private_servers(tmp_path_factory.mktemp("servers")) as private:
+        yield private
 
 
 @pytest.fixture(autouse=True)

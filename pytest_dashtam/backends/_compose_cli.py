@@ -13,6 +13,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,6 +160,23 @@ def _down_tail(volumes: bool) -> list[str]:
     if volumes:
         return ["down", "--remove-orphans", "--timeout", "1", "--volumes"]
     return ["down", "--remove-orphans", "--timeout", "10"]
+
+
+def engine_answers(timeout: float = 1.0) -> bool:
+    """Whether a Docker engine answers `GET /_ping` on its Unix socket: no `docker` process, so `auto`
+    can ask it on every run (a machine without an engine answers in microseconds)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return bool(host)  # a TCP engine was configured on purpose: let the CLI calls try it
+    path = host[len("unix://") :]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(64)
+    except OSError:
+        return False
 
 
 def engine_version_args() -> list[str]:
@@ -426,22 +444,8 @@ def log_tail(text: str, lines: int = 8, width: int = 600) -> str:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines as compose reads them (comments, `export`, quotes); no interpolation."""
-    values: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        else:
-            value = re.split(r"\s+#", value, maxsplit=1)[0].rstrip()
-        values[key] = value
-    return values
+    """KEY=VALUE lines as compose reads them (comments, `export`, quotes), values as written: compose
+    interpolates the files itself."""
+    from dotenv import dotenv_values
+
+    return {key: value for key, value in dotenv_values(path, interpolate=False).items() if value is not None}

@@ -13,8 +13,9 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
+
+from pytest_dashtam import process
 
 LABEL_ENV = "io.dashtam.env"
 LABEL_PID = "io.dashtam.owner-pid"
@@ -26,35 +27,15 @@ LABEL_KEEP = "io.dashtam.keep"
 OwnerState = Literal["self", "alive", "dead", "kept", "unowned", "elsewhere"]
 
 
-def process_start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); '' if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else ""
+def owner_start(pid: int) -> str:
+    """The label value of `pid`'s start time (clock ticks after boot, see pytest_dashtam.process); '' if gone."""
+    started = process.start_time(pid)
+    return "" if started is None else str(started)
 
 
-def process_alive(pid: int, start: str = "") -> bool:
-    """True while `pid` runs and, when `start` is known, is the same process that was recorded."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (not Linux): the signal probe is all we have
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields and fields[0] in ("Z", "X"):
-        return False  # a zombie waiting for its parent's wait() is dead for our purpose
-    return not start or (len(fields) > 19 and fields[19] == start)
+def owner_alive(pid: int, start: str = "") -> bool:
+    """True while `pid` runs and, when the label holds its start time, is the process that was recorded."""
+    return process.alive(pid, int(start) if start.strip().isdigit() else None)
 
 
 @dataclass(frozen=True)
@@ -68,7 +49,7 @@ class Owner:
     @classmethod
     def current(cls, run_id: str, *, keep: bool, pid: int | None = None) -> Owner:
         pid = os.getpid() if pid is None else pid
-        return cls(pid=pid, start=process_start_time(pid), host=socket.gethostname(), run_id=run_id, keep=keep)
+        return cls(pid=pid, start=owner_start(pid), host=socket.gethostname(), run_id=run_id, keep=keep)
 
     def compose_env(self) -> dict[str, str]:
         """The variables the compose files turn into this owner's labels."""
@@ -110,4 +91,4 @@ def owner_state(owner: Owner | None, *, this_host: str | None = None, this_pid: 
         return "elsewhere"
     if owner.pid == (os.getpid() if this_pid is None else this_pid):
         return "self"
-    return "alive" if process_alive(owner.pid, owner.start) else "dead"
+    return "alive" if owner_alive(owner.pid, owner.start) else "dead"

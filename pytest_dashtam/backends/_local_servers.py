@@ -22,8 +22,8 @@ from typing import Literal
 
 from pytest_dashtam.backends._local_binaries import PgBinaries, RedisBinary
 from pytest_dashtam.backends._local_procs import RunAs, chown_tree
-from pytest_dashtam.backends._local_wire import WireError, parse_info, pg_query, redis_commands
 from pytest_dashtam.errors import BackendError
+from pytest_dashtam.poll import PollTimeout, apoll, first_line, poll
 
 # Bump when the initdb arguments change: old cache entries then stop matching.
 _CACHE_FORMAT = "1"
@@ -34,10 +34,10 @@ SEED_REQUEST = "keep-as-seed"
 ClusterSource = Literal["seed", "hit", "miss"]
 
 
-def _poll_delay(since: float) -> float:
+def _poll_delay(waited: float) -> float:
     """2 ms between probes for the first second (a failed probe costs microseconds; a late one
     costs the whole gap), then 20 ms for a server that is slow for a reason."""
-    return 0.002 if time.monotonic() - since < 1.0 else 0.02
+    return 0.002 if waited < 1.0 else 0.02
 
 
 class PortInUseError(BackendError):
@@ -300,75 +300,154 @@ def _failed(what: str, proc: subprocess.Popen[bytes], log_path: Path) -> Backend
     return cls(f"{what} exited with code {proc.returncode} during start-up; its log ({log_path}) ends: {tail}")
 
 
+def _pg_error_text(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no answer"
+    if isinstance(exc, FileNotFoundError):
+        return "socket not created yet"
+    return first_line(exc)
+
+
 def wait_postgres(
     proc: subprocess.Popen[bytes] | None,
-    socket_path: str | tuple[str, int],
+    host: str,
+    port: int,
     deadline: float,
     log_path: Path,
-    statements: Sequence[str],
-) -> list[str | None]:
-    """Poll until PostgreSQL accepts a login, then run `statements` (SHOWs) and return their values."""
-    started = time.monotonic()
-    last_error = "no answer"
-    while True:
+    settings: Sequence[str],
+) -> list[str]:
+    """Poll until PostgreSQL accepts a login (on `host`: a socket folder or an address), then read the
+    `settings` (current_setting) in one round trip."""
+    import asyncpg
+
+    from pytest_dashtam.isolation import run_async
+
+    query = "SELECT " + ", ".join(f"current_setting('{name}')" for name in settings)
+
+    async def once() -> list[str]:
         if proc is not None and proc.poll() is not None:
             raise _failed("postgres", proc, log_path)
         try:
-            return pg_query(socket_path, statements, timeout=max(0.5, deadline - time.monotonic()))
-        except FileNotFoundError:
-            last_error = "socket not created yet"
-        except (ConnectionRefusedError, ConnectionResetError, TimeoutError) as exc:
-            last_error = str(exc) or type(exc).__name__
-        except WireError as exc:
-            if not exc.retryable:
-                raise BackendError(
-                    f"postgres refused the readiness check: {exc}; log ({log_path}): {log_tail(log_path)}"
-                ) from None
-            last_error = str(exc)
-        except OSError as exc:
-            last_error = str(exc)
-        if time.monotonic() >= deadline:
-            raise BackendError(
-                f"postgres did not accept connections in time ({last_error}); log ({log_path}) ends: "
-                f"{log_tail(log_path)}"
+            conn = await asyncpg.connect(
+                host=host,
+                port=port,
+                user="postgres",
+                database="postgres",
+                timeout=max(0.5, deadline - time.monotonic()),
+                server_settings={"application_name": "pytest-dashtam"},
             )
-        time.sleep(_poll_delay(started))
+        except asyncpg.CannotConnectNowError:
+            raise  # starting up: try again
+        except asyncpg.PostgresError as exc:
+            raise BackendError(
+                f"postgres refused the readiness check: {first_line(exc)}; log ({log_path}): {log_tail(log_path)}"
+            ) from None
+        try:
+            row = await conn.fetchrow(query)
+            return [str(value) for value in (row or ())]
+        finally:
+            await conn.close()
+
+    try:
+        return run_async(
+            lambda: apoll(
+                once,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                interval=_poll_delay,
+                what="postgres to accept connections",
+                retry=(OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError),
+            )
+        )
+    except PollTimeout as exc:
+        raise BackendError(
+            f"postgres did not accept connections in time ({_pg_error_text(exc.last)}); log ({log_path}) ends: "
+            f"{log_tail(log_path)}"
+        ) from None
 
 
 def wait_redis(
     proc: subprocess.Popen[bytes] | None, port: int, deadline: float, log_path: Path
 ) -> tuple[str, str, int | None]:
     """Poll until the server answers PING; returns (version, flavour, databases)."""
-    started = time.monotonic()
-    last_error = "no answer"
-    while True:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    def once() -> tuple[str, str, int | None]:
         if proc is not None and proc.poll() is not None:
             raise _failed("redis server", proc, log_path)
+        timeout = max(0.5, deadline - time.monotonic())
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
         try:
-            replies = redis_commands(
-                ("127.0.0.1", port),
-                [["PING"], ["INFO", "server"], ["CONFIG", "GET", "databases"]],
-                timeout=max(0.5, deadline - time.monotonic()),
-            )
-            info = parse_info(str(replies[1]))
-            if proc is not None and info.get("process_id") not in (None, str(proc.pid)):
-                # Another server answers on the port we picked: ours lost the bind race.
-                raise PortInUseError(f"port {port} answers for process {info.get('process_id')}, not ours")
-            flavour = "valkey" if "valkey_version" in info else "redis"
-            version = info.get("valkey_version") or info.get("redis_version", "?")
-            databases: int | None = None
-            conf = replies[2]
-            if isinstance(conf, list) and len(conf) == 2:
-                databases = int(str(conf[1]))
-            return version, flavour, databases
-        except WireError as exc:
-            if not exc.retryable:
-                raise BackendError(f"redis server refused the readiness check: {exc}") from None
-            last_error = str(exc)
-        except OSError as exc:
-            last_error = str(exc) or type(exc).__name__
-        if time.monotonic() >= deadline:
-            raise BackendError(
-                f"redis server did not answer PING in time ({last_error}); log ({log_path}) ends: {log_tail(log_path)}"
-            )
-        time.sleep(_poll_delay(started))
+            pipe = client.pipeline(transaction=False)
+            pipe.ping()
+            pipe.info("server")
+            pipe.config_get("databases")
+            _pong, info, conf = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # not listening yet, or LOADING: try again
+        except redis.RedisError as exc:
+            raise BackendError(f"redis server refused the readiness check: {first_line(exc)}") from None
+        finally:
+            client.close()
+        if proc is not None and info.get("process_id") not in (None, proc.pid):
+            # Another server answers on the port we picked: ours lost the bind race.
+            raise PortInUseError(f"port {port} answers for process {info.get('process_id')}, not ours")
+        flavour = "valkey" if "valkey_version" in info else "redis"
+        version = str(info.get("valkey_version") or info.get("redis_version", "?"))
+        databases = conf.get("databases")
+        return version, flavour, int(databases) if databases is not None else None
+
+    try:
+        return poll(
+            once,
+            timeout=max(deadline - time.monotonic(), 0.0),
+            interval=_poll_delay,
+            what="the redis server to answer PING",
+            retry=(redis.ConnectionError, redis.TimeoutError, OSError),
+        )
+    except PollTimeout as exc:
+        last = first_line(exc.last) if exc.last is not None else "no answer"
+        raise BackendError(
+            f"redis server did not answer PING in time ({last}); log ({log_path}) ends: {log_tail(log_path)}"
+        ) from None
+
+
+def answers_as(
+    postgres_port: int, redis_port: int, postgres_version: str, redis_version: str, redis_pid: int | None
+) -> bool:
+    """The servers of a recorded stack answer on their ports, with the versions recorded, and the Redis on
+    the port is the recorded process (not another server that took the port since)."""
+    import asyncpg
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from pytest_dashtam.isolation import run_async
+
+    async def postgres() -> str:
+        conn = await asyncpg.connect(host="127.0.0.1", port=postgres_port, user="postgres", timeout=2.0)
+        try:
+            return str(await conn.fetchval("SELECT current_setting('server_version')"))
+        finally:
+            await conn.close()
+
+    client = redis.Redis(
+        host="127.0.0.1", port=redis_port, socket_timeout=2.0, retry=Retry(NoBackoff(), 0), decode_responses=True
+    )
+    try:
+        version = run_async(postgres)
+        info = client.info("server")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, redis.RedisError):
+        return False
+    finally:
+        client.close()
+    redis_ok = redis_version in (info.get("valkey_version"), info.get("redis_version"))
+    return version == postgres_version and redis_ok and redis_pid is not None and info.get("process_id") == redis_pid

@@ -2,13 +2,13 @@
 
 A state file records who owns the stack (owner PID and start time), the run id, ports, folders and
 the servers' PIDs with their start times. Writes are atomic (temp file + rename), and everything
-that reads them to decide a kill holds the state folder's lock.
+that reads them to decide a kill holds the state folder's lock (a file lock: it is released by the
+kernel when its holder dies, so a crashed run never leaves the folder locked).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_dashtam.backends._local_procs import ProcRef
+from filelock import FileLock, Timeout
+
 from pytest_dashtam.backends.base import Stack
+from pytest_dashtam.errors import BackendError
+from pytest_dashtam.process import ProcessId
 
 _PREFIX = "stack-"
 _SUFFIX = ".json"
@@ -28,7 +31,7 @@ _SUFFIX = ".json"
 class StackState:
     run_id: str
     env: str
-    owner: ProcRef
+    owner: ProcessId
     keep: bool
     started_at: float
     # Folder holding everything a throw-away stack wrote (data, sockets, logs): removed with it.
@@ -43,8 +46,8 @@ class StackState:
     postgres_bin: str
     postgres_identity: str
     redis_bin: str
-    postgres: ProcRef | None = None
-    redis: ProcRef | None = None
+    postgres: ProcessId | None = None
+    redis: ProcessId | None = None
     stack: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -59,11 +62,11 @@ class StackState:
         data = json.loads(text)
         for key in ("owner", "postgres", "redis"):
             if data.get(key) is not None:
-                data[key] = ProcRef.from_dict(data[key])
+                data[key] = ProcessId.from_dict(data[key])
         return cls(**data)
 
     def the_stack(self) -> Stack:
-        return Stack(**self.stack)
+        return Stack.from_dict(self.stack)
 
     def servers_alive(self) -> bool:
         return all(ref is not None and ref.alive() for ref in (self.postgres, self.redis))
@@ -110,12 +113,18 @@ def read_states(state_dir: Path) -> list[tuple[Path, StackState | None]]:
 
 
 @contextlib.contextmanager
-def locked(state_dir: Path) -> Iterator[None]:
-    """Serialise reaping and registration among runs sharing the state folder."""
+def locked(state_dir: Path, timeout: float) -> Iterator[None]:
+    """Serialise reaping and registration among runs sharing the state folder, waiting at most `timeout`."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".lock", "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(state_dir / ".lock")
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise BackendError(
+            f"another run has held the local backend's lock {state_dir / '.lock'} for {timeout:.0f}s; "
+            "wait for it to finish starting its servers, or stop it"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -7,16 +7,94 @@ someone else runs (external: it may change nothing server-wide).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
+from pytest_dashtam.errors import ConfigError
 from pytest_dashtam.urls import mask_url
 
 BackendName = Literal["compose", "local", "external"]
+# What a user may ask for: a backend, or `auto` (see backends.select_backend).
+BackendChoice = Literal["auto", "compose", "local", "external"]
 EnvName = Literal["dev", "test"]
+
+
+class UnsupportedError(ConfigError):
+    """The chosen backend cannot do this by its nature (the external one stops no one's servers): the
+    user's choice of backend is what to change, so it is a configuration error (CLI exit 2)."""
+
+
+def _known(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` without the keys `cls` does not have: a record written by another version still loads."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+@dataclass(frozen=True)
+class LocalFacts:
+    """What the local backend knows of the servers it runs: processes, files, where the binaries came from."""
+
+    run_id: str
+    # The folder of everything a throw-away stack wrote; the seed request of `template_built` goes there.
+    run_dir: str
+    data_dir: str
+    socket_dir: str
+    state_file: str
+    postgres_port: int
+    redis_port: int
+    postgres_pid: int
+    redis_pid: int
+    postgres_log: str
+    redis_log: str
+    postgres_bin: str
+    # "option", "pg_config", "PATH", "system" or "embedded": which rule of the binary search found it.
+    postgres_source: str
+    redis_bin: str
+    redis_source: str
+    redis_server: str  # "redis" or "valkey"
+    # The unprivileged user PostgreSQL runs as when the run is root's; None: as the run's own user.
+    run_as: str | None = None
+    # Where the binaries were copied from because `run_as` could not reach them.
+    postgres_copied_from: str | None = None
+    # "seed" (an earlier run's cluster, templates included), "hit" (the initdb cache), "miss" (initdb ran),
+    # "existing cluster" (a dev cluster started again).
+    cluster_cache: str = "miss"
+    binary_version: str | None = None
+    keep: bool = False
+    ready_seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LocalFacts:
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
+class ComposeFacts:
+    """What the compose backend knows of its project: its name, files, containers and recorded owner."""
+
+    project: str
+    # The services running in the project, the required postgres and redis and any others (app, callback).
+    services: tuple[str, ...]
+    compose_files: tuple[str, ...]
+    env_file: str
+    postgres_port: int
+    redis_port: int
+    containers: Mapping[str, str] = field(default_factory=dict)  # service -> container name
+    owner_pid: int | None = None
+    run_id: str | None = None
+    # Started by hand or with keep: no run will take it down by itself.
+    kept: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ComposeFacts:
+        known = _known(cls, data)
+        known["services"] = tuple(known.get("services", ()))
+        known["compose_files"] = tuple(known.get("compose_files", ()))
+        return cls(**known)
 
 
 @dataclass(frozen=True)
@@ -43,8 +121,13 @@ class Stack:
     started: bool = True
     # Logical Redis databases the server offers (CONFIG GET databases), when known.
     redis_databases: int | None = None
-    # Backend-specific facts for `status` and for re-attaching (PIDs, data dir, project name...).
-    details: Mapping[str, Any] = field(default_factory=dict)
+    # Whether PostgreSQL's data lives in memory (tmpfs), when the backend knows.
+    data_on_tmpfs: bool | None = None
+    # Whether the admin role may create databases, when the backend checked (external does).
+    can_create_databases: bool | None = None
+    # The facts only one backend has (None for the others), for `status`, re-attaching and diagnostics.
+    local: LocalFacts | None = None
+    compose: ComposeFacts | None = None
 
     def __repr__(self) -> str:
         return (
@@ -56,14 +139,28 @@ class Stack:
 
     __str__ = __repr__
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (the state files keep the stack in this form)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Stack:
+        known = _known(cls, data)
+        known["tuning"] = dict(known.get("tuning") or {})
+        if known.get("local") is not None:
+            known["local"] = LocalFacts.from_dict(known["local"])
+        if known.get("compose") is not None:
+            known["compose"] = ComposeFacts.from_dict(known["compose"])
+        return cls(**known)
+
     def to_json(self) -> str:
         """Serialise for state files and for handing the stack to xdist workers."""
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Stack:
-        data = json.loads(text)
-        return cls(**data)
+        """The stack `to_json` wrote (keys of another version's Stack are ignored)."""
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -103,9 +200,18 @@ class StackStatus:
 
 
 class Backend(Protocol):
-    """Start (or attach to), stop and describe one PostgreSQL + Redis stack."""
+    """Start (or attach to), stop and describe one PostgreSQL + Redis stack.
+
+    Every backend has every method: one that cannot do something by its nature (the external backend has
+    no servers to take down, no logs to show) raises `UnsupportedError` with a one-line reason, so callers
+    need no capability checks and the reason is said by the backend that knows it.
+    """
 
     name: BackendName
+
+    def available(self) -> bool:
+        """Whether this backend can run here, decided cheaply and without starting anything (for `auto`)."""
+        ...
 
     def start(self) -> Stack:
         """Bring the servers up (or attach to running ones) and return them ready to connect."""
@@ -119,20 +225,18 @@ class Backend(Protocol):
         """Describe the stack of this backend and environment, without changing anything."""
         ...
 
+    def template_built(self, stack: Stack) -> None:
+        """A schema template was just built on `stack` (by any process of the run): keep what makes it
+        last beyond this run where the backend can (the local backend keeps the cluster as the next runs'
+        seed); nothing for servers that outlive the run anyway. Callable on a backend that did not start
+        `stack` (an xdist worker builds the template the controller's backend started)."""
+        ...
 
-@runtime_checkable
-class SupportsDown(Protocol):
-    """A backend that can stop its environment's stack whoever started it (`dashtam-env down`).
+    def down(self) -> None:
+        """Stop this environment's stack whoever started it (`dashtam-env down`): a stack left running on
+        purpose (`dashtam-env up`, `--dashtam-keep`) by an earlier process. `stop()` only undoes `start()`."""
+        ...
 
-    `stop()` only undoes what this object's `start()` did; `down()` is for a stack left running on
-    purpose (`dashtam-env up`, `--dashtam-keep`) by an earlier process.
-    """
-
-    def down(self) -> None: ...
-
-
-@runtime_checkable
-class SupportsLogs(Protocol):
-    """A backend whose servers write logs it can show (`dashtam-env logs`)."""
-
-    def logs(self, lines: int = 200) -> str: ...
+    def logs(self, lines: int = 200) -> str:
+        """The last `lines` of the servers' logs (`dashtam-env logs`)."""
+        ...

@@ -25,6 +25,7 @@ kept; dev stacks are never reaped and never lose their volumes here (`stop()` on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +35,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from filelock import FileLock, Timeout
 
@@ -49,6 +49,7 @@ from pytest_dashtam.backends._compose_cli import (
     classify_up_failure,
     compose_version_args,
     down_by_name,
+    engine_answers,
     engine_version_args,
     inspect_args,
     log_tail,
@@ -60,9 +61,9 @@ from pytest_dashtam.backends._compose_cli import (
     run,
 )
 from pytest_dashtam.backends._compose_owner import LABEL_ENV, Owner, owner_state
-from pytest_dashtam.backends._compose_probe import ProbeError, postgres_facts, redis_facts
-from pytest_dashtam.backends.base import BackendName, BackendOptions, EnvName, Stack, StackStatus
+from pytest_dashtam.backends.base import BackendName, BackendOptions, ComposeFacts, EnvName, Stack, StackStatus
 from pytest_dashtam.errors import BackendError
+from pytest_dashtam.poll import PollTimeout, poll
 
 __all__ = ["ComposeBackend", "docker_available"]
 
@@ -85,11 +86,12 @@ def _netloc(host: str, port: int) -> str:
 def docker_available(timeout: float = 1.5) -> bool:
     """True when a Docker engine answers within `timeout` and the compose v2 plugin is installed.
 
-    Cheap enough for `auto` backend selection on every run: two short CLI calls, no container work.
-    Compose is checked too, because an engine without it would make `auto` choose a backend that
-    cannot start.
+    Cheap enough for `auto` backend selection on every run: a socket ping of the engine first (no
+    process: a machine without Docker says no in microseconds), then two short CLI calls, no container
+    work. Compose is checked too, because an engine without it would make `auto` choose a backend
+    that cannot start.
     """
-    if shutil.which("docker") is None:
+    if shutil.which("docker") is None or not engine_answers(min(timeout, 1.0)):
         return False
     try:
         engine = run(engine_version_args(), timeout=timeout)
@@ -133,6 +135,13 @@ class ComposeBackend:
         self._started = False
 
     # ------------------------------------------------------------------ protocol
+
+    def available(self) -> bool:
+        """A Docker engine with the compose v2 plugin answers (see `docker_available`)."""
+        return docker_available()
+
+    def template_built(self, stack: Stack) -> None:
+        """Nothing to keep: the template lives as long as the project's volume, kept or not by `keep`."""
 
     def start(self) -> Stack:
         """Attach to this project's healthy stack, or reap a dead owner's and bring up a fresh one."""
@@ -219,9 +228,21 @@ class ComposeBackend:
 
     def _attach(self, project: ComposeProject, containers: list[Container], deadline: float) -> Stack:
         assessment = assess(containers, REQUIRED_SERVICES)
-        while assessment.verdict == "starting" and time.monotonic() < deadline:
-            time.sleep(0.25)
-            assessment = assess(self._containers(), REQUIRED_SERVICES)
+
+        def settled() -> Assessment | None:
+            nonlocal assessment
+            if assessment.verdict == "starting":
+                assessment = assess(self._containers(), REQUIRED_SERVICES)
+            return None if assessment.verdict == "starting" else assessment
+
+        # Still starting at the deadline: refused below like any stack that is not ready.
+        with contextlib.suppress(PollTimeout):
+            poll(
+                settled,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                interval=0.25,
+                what=f"compose project {self.project_name} to turn healthy",
+            )
         if assessment.verdict != "ready":
             raise BackendError(
                 f"compose project {self.project_name} exists but is not usable ({assessment.describe()}; "
@@ -269,10 +290,15 @@ class ComposeBackend:
         file_values = self._env_file_values()
         user = postgres.env.get("POSTGRES_USER") or file_values.get("POSTGRES_USER") or "postgres"
         password = postgres.env.get("POSTGRES_PASSWORD", file_values.get("POSTGRES_PASSWORD", ""))
-        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-        postgres_url = f"postgresql://{auth}@{_netloc(pg_host, pg_port)}/postgres"
+        from sqlalchemy.engine import URL
+
+        postgres_url = URL.create(
+            "postgresql", username=user, password=password or None, host=pg_host, port=pg_port, database="postgres"
+        ).render_as_string(hide_password=False)
         redis_url = f"redis://{_netloc(redis_host, redis_port)}"
         budget = max(timeout, 2.0)
+        from pytest_dashtam.backends._compose_probe import ProbeError, postgres_facts, redis_facts
+
         try:
             pg = postgres_facts(postgres_url, budget)
             rd = redis_facts(redis_url, budget)
@@ -282,19 +308,6 @@ class ComposeBackend:
                 f"check `docker compose -p {self.project_name} logs`"
             ) from None
         owner = Owner.from_labels(postgres.labels)
-        details: dict[str, Any] = {
-            "project": self.project_name,
-            "services": sorted({c.service for c in assessment.everything if c.status == "running"}),
-            "compose_files": [str(f) for f in self.compose_files],
-            "env_file": str(self.env_file),
-            "containers": {name: c.name for name, c in assessment.containers.items()},
-            "postgres_port": pg_port,
-            "redis_port": redis_port,
-            "postgres_data_tmpfs": any(path.startswith("/var/lib/postgresql") for path in postgres.tmpfs),
-            "owner_pid": owner.pid if owner else None,
-            "run_id": owner.run_id if owner else None,
-            "kept": bool(owner is None or owner.keep),
-        }
         return Stack(
             backend="compose",
             env=self.env,
@@ -307,7 +320,19 @@ class ComposeBackend:
             owns_servers=True,
             started=started,
             redis_databases=rd.databases,
-            details=details,
+            data_on_tmpfs=any(path.startswith("/var/lib/postgresql") for path in postgres.tmpfs),
+            compose=ComposeFacts(
+                project=self.project_name,
+                services=tuple(sorted({c.service for c in assessment.everything if c.status == "running"})),
+                compose_files=tuple(str(f) for f in self.compose_files),
+                env_file=str(self.env_file),
+                postgres_port=pg_port,
+                redis_port=redis_port,
+                containers={name: c.name for name, c in assessment.containers.items()},
+                owner_pid=owner.pid if owner else None,
+                run_id=owner.run_id if owner else None,
+                kept=bool(owner is None or owner.keep),
+            ),
         )
 
     def _host_port(self, project: ComposeProject, service: str, container_port: int) -> tuple[str, int]:

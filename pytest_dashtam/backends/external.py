@@ -12,11 +12,8 @@ may still be starting), but for a bounded time, and says which URL did not answe
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,16 +22,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pytest_dashtam.backends.base import BackendName, BackendOptions, Stack, StackStatus
+from pytest_dashtam.backends.base import BackendName, BackendOptions, Stack, StackStatus, UnsupportedError
 from pytest_dashtam.errors import BackendError
-from pytest_dashtam.urls import mask_url
+from pytest_dashtam.poll import PollTimeout, apoll, first_line, poll
+from pytest_dashtam.urls import libpq_url, mask_url
 
 # An external server is either there or not: waiting the owned backends' 60 s for it only delays the error.
 DEFAULT_TIMEOUT = 10.0
 _STATUS_TIMEOUT = 2.0
 _POLL = 0.1
-
-T = TypeVar("T")
 
 # Errors that mean "retrying will not help": wrong password, unknown role or database.
 _PERMANENT_PG_ERRORS: tuple[type[BaseException], ...] = (
@@ -42,31 +38,9 @@ _PERMANENT_PG_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InvalidPasswordError,
     asyncpg.InvalidCatalogNameError,
 )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
-
-
-def _run(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine from sync code, also when the caller is inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_as_coroutine(factory))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, _as_coroutine(factory)).result()
-
-
-async def _as_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
-    return await factory()
-
-
-def normalise_postgres_url(url: str) -> str:
-    """libpq form (`postgresql://...`), whatever driver suffix or `postgres://` alias the user wrote."""
-    parts = urlsplit(url)
-    return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
+# Errors that mean "not yet": refused, not yet accepting connections, DNS not yet up in CI...
+_TRANSIENT_PG_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def normalise_redis_url(url: str) -> str:
@@ -79,95 +53,106 @@ def normalise_redis_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "", parts.query, parts.fragment))
 
 
-def _attempt_timeout(deadline: float, last: BaseException | None) -> float | None:
-    """The timeout for the next attempt, or None to give up: at least one attempt with a fair timeout,
-    even when the other server used up the wait."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0 and last is not None:
-        return None
-    return max(remaining, 1.0)
+def _attempt_timeout(deadline: float) -> float:
+    """The timeout of one connection attempt: what is left of the wait, and a fair second at least, even
+    when the other server used up the wait."""
+    return max(deadline - time.monotonic(), 1.0)
 
 
 def _no_answer(server: str, url: str, started: float, last: BaseException | None, where: str) -> BackendError:
-    cause = _first_line(last) if last is not None else "no answer"
+    cause = first_line(last).rstrip(".") if last is not None else "no answer"
     return BackendError(
         f"{server} at {mask_url(url)} did not answer within {time.monotonic() - started:.1f}s: {cause}; "
         f"check that the server runs and that {where}"
     )
 
 
+async def _postgres_facts(url: str, deadline: float) -> dict[str, Any] | None:
+    """The server's version and our role's rights, on one connection; None while it does not answer."""
+    try:
+        conn = await asyncpg.connect(url, timeout=_attempt_timeout(deadline))
+    except _PERMANENT_PG_ERRORS as exc:
+        raise BackendError(
+            f"PostgreSQL at {mask_url(url)} refused the connection: {first_line(exc).rstrip('.')}; check the user, "
+            "password and database in --dashtam-postgres-url / DASHTAM_POSTGRES_URL (an admin connection)"
+        ) from exc
+    try:
+        row = await conn.fetchrow(
+            "SELECT current_setting('server_version') AS version, rolsuper, rolcreatedb "
+            "FROM pg_roles WHERE rolname = current_user"
+        )
+        if row is None:
+            version = str(await conn.fetchval("SHOW server_version"))
+            return {"version": version.split()[0], "can_create_databases": None}
+        return {
+            "version": str(row["version"]).split()[0],
+            "can_create_databases": bool(row["rolsuper"] or row["rolcreatedb"]),
+        }
+    finally:
+        await conn.close()
+
+
 async def _wait_postgres(url: str, deadline: float) -> dict[str, Any]:
-    """Poll until PostgreSQL answers or the deadline passes; the server's version and our role's rights."""
-    last: BaseException | None = None
+    """Poll until PostgreSQL answers or the deadline passes (one fair attempt at least)."""
     started = time.monotonic()
-    while True:
-        remaining = _attempt_timeout(deadline, last)
-        if remaining is None:
-            break
+    try:
+        return await apoll(
+            lambda: _postgres_facts(url, deadline),
+            timeout=max(deadline - started, 0.0),
+            interval=_POLL,
+            what=f"PostgreSQL at {mask_url(url)}",
+            retry=_TRANSIENT_PG_ERRORS,
+        )
+    except PollTimeout as exc:
+        raise _no_answer(
+            "PostgreSQL",
+            url,
+            started,
+            exc.last,
+            "--dashtam-postgres-url / DASHTAM_POSTGRES_URL points at it (an admin connection)",
+        ) from None
+
+
+def _redis_facts(url: str, deadline: float) -> dict[str, Any]:
+    """The server's version and how many indexes it has, on one connection."""
+    timeout = _attempt_timeout(deadline)
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+        version = str(client.info("server").get("redis_version", "unknown"))
         try:
-            conn = await asyncpg.connect(url, timeout=remaining)
-        except _PERMANENT_PG_ERRORS as exc:
-            raise BackendError(
-                f"PostgreSQL at {mask_url(url)} refused the connection: {_first_line(exc)}; check the user, "
-                "password and database in --dashtam-postgres-url / DASHTAM_POSTGRES_URL (an admin connection)"
-            ) from exc
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            last = exc  # refused, not yet accepting connections, DNS not yet up in CI...
-            await asyncio.sleep(min(_POLL, max(deadline - time.monotonic(), 0)))
-            continue
-        try:
-            row = await conn.fetchrow(
-                "SELECT current_setting('server_version') AS version, rolsuper, rolcreatedb "
-                "FROM pg_roles WHERE rolname = current_user"
-            )
-            if row is None:
-                version = str(await conn.fetchval("SHOW server_version"))
-                return {"version": version.split()[0], "can_create_databases": None}
-            return {
-                "version": str(row["version"]).split()[0],
-                "can_create_databases": bool(row["rolsuper"] or row["rolcreatedb"]),
-            }
-        finally:
-            await conn.close()
-    raise _no_answer(
-        "PostgreSQL",
-        url,
-        started,
-        last,
-        "--dashtam-postgres-url / DASHTAM_POSTGRES_URL points at it (an admin connection)",
-    )
+            # Managed Redis often disables CONFIG: then the count is unknown, not an error.
+            databases_raw = client.config_get("databases").get("databases")
+            databases = int(databases_raw) if databases_raw is not None else None
+        except ResponseError:
+            databases = None
+        return {"version": version, "databases": databases}
+    except _TRANSIENT_REDIS_ERRORS:
+        raise
+    except RedisError as exc:  # wrong password, protocol error: retrying will not help
+        raise BackendError(
+            f"Redis at {mask_url(url)} refused the connection: {first_line(exc).rstrip('.')}; check the password "
+            "and the URL in --dashtam-redis-url / DASHTAM_REDIS_URL"
+        ) from exc
+    finally:
+        client.close()
 
 
 def _wait_redis(url: str, deadline: float) -> dict[str, Any]:
-    """Poll until Redis answers PING or the deadline passes; its version and how many indexes it has."""
-    last: BaseException | None = None
+    """Poll until Redis answers PING or the deadline passes (one fair attempt at least)."""
     started = time.monotonic()
-    while True:
-        remaining = _attempt_timeout(deadline, last)
-        if remaining is None:
-            break
-        client = redis.Redis.from_url(url, socket_connect_timeout=remaining, socket_timeout=remaining)
-        try:
-            client.ping()
-            version = str(client.info("server").get("redis_version", "unknown"))
-            try:
-                # Managed Redis often disables CONFIG: then the count is unknown, not an error.
-                databases_raw = client.config_get("databases").get("databases")
-                databases = int(databases_raw) if databases_raw is not None else None
-            except ResponseError:
-                databases = None
-            return {"version": version, "databases": databases}
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            last = exc
-            time.sleep(min(_POLL, max(deadline - time.monotonic(), 0)))
-        except RedisError as exc:  # wrong password, protocol error: retrying will not help
-            raise BackendError(
-                f"Redis at {mask_url(url)} refused the connection: {_first_line(exc)}; check the password and "
-                "the URL in --dashtam-redis-url / DASHTAM_REDIS_URL"
-            ) from exc
-        finally:
-            client.close()
-    raise _no_answer("Redis", url, started, last, "--dashtam-redis-url / DASHTAM_REDIS_URL points at it")
+    try:
+        return poll(
+            lambda: _redis_facts(url, deadline),
+            timeout=max(deadline - started, 0.0),
+            interval=_POLL,
+            what=f"Redis at {mask_url(url)}",
+            retry=_TRANSIENT_REDIS_ERRORS,
+        )
+    except PollTimeout as exc:
+        raise _no_answer(
+            "Redis", url, started, exc.last, "--dashtam-redis-url / DASHTAM_REDIS_URL points at it"
+        ) from None
 
 
 class ExternalBackend:
@@ -179,6 +164,10 @@ class ExternalBackend:
         self.options = options
         # BackendOptions.timeout defaults to the owned backends' 60 s; an external server needs far less.
         self.timeout = timeout if timeout is not None else min(options.timeout, DEFAULT_TIMEOUT)
+
+    def available(self) -> bool:
+        """Both server URLs are given: there is something to attach to (whether it answers is start's to say)."""
+        return bool(self.options.postgres_url and self.options.redis_url)
 
     def _urls(self) -> tuple[str, str]:
         postgres_url, redis_url = self.options.postgres_url, self.options.redis_url
@@ -192,12 +181,14 @@ class ExternalBackend:
                 f"the external backend needs {' and '.join(missing)} (or DASHTAM_POSTGRES_URL / DASHTAM_REDIS_URL); "
                 "give the servers' admin URLs, or choose another --dashtam-backend"
             )
-        return normalise_postgres_url(postgres_url), normalise_redis_url(redis_url)
+        return libpq_url(postgres_url), normalise_redis_url(redis_url)
 
     def _probe(self, timeout: float) -> Stack:
         postgres_url, redis_url = self._urls()
         deadline = time.monotonic() + timeout
-        pg = _run(lambda: _wait_postgres(postgres_url, deadline))
+        from pytest_dashtam.isolation import run_async
+
+        pg = run_async(lambda: _wait_postgres(postgres_url, deadline))
         rd = _wait_redis(redis_url, deadline)
         return Stack(
             backend="external",
@@ -210,7 +201,7 @@ class ExternalBackend:
             owns_servers=False,
             started=False,
             redis_databases=rd["databases"],
-            details={"can_create_databases": pg["can_create_databases"]},
+            can_create_databases=pg["can_create_databases"],
         )
 
     def start(self) -> Stack:
@@ -219,6 +210,15 @@ class ExternalBackend:
 
     def stop(self) -> None:
         """Nothing to stop: the servers belong to someone else (test databases are dropped by schema)."""
+
+    def template_built(self, stack: Stack) -> None:
+        """Nothing to keep: the template stays on the server, which outlives the run."""
+
+    def down(self) -> None:
+        raise UnsupportedError("the external backend does not stop servers it does not own; stop them where they run")
+
+    def logs(self, lines: int = 200) -> str:
+        raise UnsupportedError("the external backend keeps no logs of its own (its servers are someone else's)")
 
     def status(self) -> StackStatus:
         """Whether both servers answer now (short wait), without changing anything."""

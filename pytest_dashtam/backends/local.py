@@ -29,12 +29,10 @@ from typing import Any
 
 from pytest_dashtam.backends._local_binaries import PgBinaries, RedisBinary, find_postgres, find_redis
 from pytest_dashtam.backends._local_procs import (
-    ProcRef,
     RunAs,
     pick_free_ports,
     pick_run_as,
     port_is_free,
-    stop_group,
     unreachable_part,
 )
 from pytest_dashtam.backends._local_reach import reachable_binaries
@@ -42,6 +40,7 @@ from pytest_dashtam.backends._local_servers import (
     SEED_REQUEST,
     TEST_TUNING,
     PortInUseError,
+    answers_as,
     cache_root,
     cluster_from_cache,
     save_seed,
@@ -58,9 +57,9 @@ from pytest_dashtam.backends._local_state import (
     state_path,
     write_state,
 )
-from pytest_dashtam.backends._local_wire import WireError, pg_query, redis_commands
-from pytest_dashtam.backends.base import BackendName, BackendOptions, Stack, StackStatus
-from pytest_dashtam.errors import BackendError
+from pytest_dashtam.backends.base import BackendName, BackendOptions, LocalFacts, Stack, StackStatus
+from pytest_dashtam.errors import BackendError, BinaryNotFoundError
+from pytest_dashtam.process import ProcessId
 
 TMPFS = Path("/dev/shm")
 # Room a test cluster may grow to on tmpfs before we prefer the disk (a container's default
@@ -71,7 +70,10 @@ DEV_PORT_VARS = {"postgres": ("DASHTAM_DEV_POSTGRES_PORT", 5432), "redis": ("DAS
 _MAX_SOCKET_DIR = 90
 _PORT_RETRIES = 3
 _PG_SHUTDOWN_WAIT = 15.0
-_SHOW = ("SHOW server_version", *(f"SHOW {name}" for name in TEST_TUNING))
+# Read back once PostgreSQL accepts logins: its version, and what the tuning really is.
+_SETTINGS = ("server_version", *TEST_TUNING)
+# A start holds the state folder's lock for at most its own timeout: twice that means its holder hangs.
+_LOCK_WAITS = 2
 
 
 def dev_port(server: str) -> int:
@@ -152,6 +154,29 @@ class LocalBackend:
 
     # ------------------------------------------------------------------------------ start
 
+    def available(self) -> bool:
+        """PostgreSQL and Redis/Valkey binaries are found (no server is run to find out)."""
+        try:
+            find_postgres(self.options.postgres_bin)
+            find_redis(self.options.redis_bin)
+        except BinaryNotFoundError:
+            return False
+        return True
+
+    def template_built(self, stack: Stack) -> None:
+        """Ask that this test stack's cluster, once its owner stops it, seed the next runs' clusters.
+
+        A throw-away cluster is new every run, so a template built in it would be built again next run;
+        seeded with this cluster, the next run starts with the template in place and reuses it while its
+        hash matches. A file in the run folder carries the request, because under xdist the process that
+        built the template need not be the one that stops the stack.
+        """
+        facts = stack.local
+        if stack.backend != "local" or stack.env != "test" or not stack.owns_servers or facts is None:
+            return
+        with contextlib.suppress(OSError):
+            (Path(facts.run_dir) / SEED_REQUEST).touch()
+
     def start(self) -> Stack:
         """Attach to a kept (or, for dev, running) stack, else start one; reap dead owners' stacks."""
         if self._stack is not None:
@@ -168,7 +193,7 @@ class LocalBackend:
                 "user to run it as: create one (useradd --system postgres) or run the tests as another user"
             )
         try:
-            with locked(self.state_dir):
+            with locked(self.state_dir, _LOCK_WAITS * self.options.timeout):
                 attached = self._reap_and_attach(pg_bins, redis_bin)
                 if attached is not None:
                     self._stack = attached
@@ -252,7 +277,7 @@ class LocalBackend:
         state = StackState(
             run_id=run_id,
             env=env,
-            owner=ProcRef.of(os.getpid()),
+            owner=ProcessId.of(os.getpid()),
             keep=self.options.keep,
             started_at=time.time(),
             run_dir=str(paths["run"]),
@@ -282,7 +307,7 @@ class LocalBackend:
             # Redis first: it is ready in a few ms, while the cluster copy is under way.
             redis_proc = spawn_redis(redis_bin, ports["redis"], paths["redis"], paths["redis_log"], dev)
             self._children["redis"] = redis_proc
-            state.redis = ProcRef.of(redis_proc.pid)
+            state.redis = ProcessId.of(redis_proc.pid)
             cluster_source: str = "existing cluster"
             if dev and (paths["data"] / "PG_VERSION").is_file():
                 pg_version_bin = None
@@ -297,58 +322,57 @@ class LocalBackend:
                 pg_bins, paths["data"], ports["postgres"], paths["socket"], paths["postgres_log"], settings, run_as
             )
             self._children["postgres"] = pg_proc
-            state.postgres = ProcRef.of(pg_proc.pid)
+            state.postgres = ProcessId.of(pg_proc.pid)
             write_state(self.state_dir, state)
             redis_version, flavour, databases = wait_redis(redis_proc, ports["redis"], deadline, paths["redis_log"])
-            socket_path = str(paths["socket"] / f".s.PGSQL.{ports['postgres']}")
-            shown = wait_postgres(pg_proc, socket_path, deadline, paths["postgres_log"], _SHOW)
+            shown = wait_postgres(
+                pg_proc, str(paths["socket"]), ports["postgres"], deadline, paths["postgres_log"], _SETTINGS
+            )
         except BaseException:
             self._teardown_own()
             self._remove_handlers()
             raise
         ready_s = time.perf_counter() - t0
         tuning = {} if dev else {name: str(value) for name, value in zip(TEST_TUNING, shown[1:], strict=True)}
-        details: dict[str, Any] = {
-            "postgres_bin": str(pg_bins.postgres),
-            "postgres_source": pg_bins.source,
-            "postgres_copied_from": self._copied_from,
-            "redis_bin": str(redis_bin.path),
-            "redis_source": redis_bin.source,
-            "redis_server": flavour,
-            "run_id": run_id,
-            "state_file": str(state_path(self.state_dir, run_id)),
-            "run_dir": str(paths["run"]),
-            "data_dir": str(paths["data"]),
-            "socket_dir": str(paths["socket"]),
-            "postgres_socket_url": f"postgresql://postgres@/postgres?host={paths['socket']}&port={ports['postgres']}",
-            "postgres_port": ports["postgres"],
-            "redis_port": ports["redis"],
-            "postgres_pid": pg_proc.pid,
-            "redis_pid": redis_proc.pid,
-            "postgres_log": str(paths["postgres_log"]),
-            "redis_log": str(paths["redis_log"]),
-            "run_as": run_as.name if run_as is not None else None,
-            # "seed": an earlier run's cluster with its schema templates; "hit": the initdb'd cluster.
-            "cluster_cache": cluster_source,
-            "binary_version": pg_version_bin,
-            "on_tmpfs": str(paths["run"]).startswith(str(TMPFS) + "/"),
-            "keep": self.options.keep,
-            "ready_seconds": round(ready_s, 4),
-        }
+        facts = LocalFacts(
+            run_id=run_id,
+            run_dir=str(paths["run"]),
+            data_dir=str(paths["data"]),
+            socket_dir=str(paths["socket"]),
+            state_file=str(state_path(self.state_dir, run_id)),
+            postgres_port=ports["postgres"],
+            redis_port=ports["redis"],
+            postgres_pid=pg_proc.pid,
+            redis_pid=redis_proc.pid,
+            postgres_log=str(paths["postgres_log"]),
+            redis_log=str(paths["redis_log"]),
+            postgres_bin=str(pg_bins.postgres),
+            postgres_source=pg_bins.source,
+            redis_bin=str(redis_bin.path),
+            redis_source=redis_bin.source,
+            redis_server=flavour,
+            run_as=run_as.name if run_as is not None else None,
+            postgres_copied_from=self._copied_from,
+            cluster_cache=cluster_source,
+            binary_version=pg_version_bin,
+            keep=self.options.keep,
+            ready_seconds=round(ready_s, 4),
+        )
         stack = Stack(
             backend="local",
             env=env,
             postgres_url=f"postgresql://postgres@127.0.0.1:{ports['postgres']}/postgres",
             redis_url=f"redis://127.0.0.1:{ports['redis']}",
-            postgres_version=str(shown[0]),
+            postgres_version=shown[0],
             redis_version=redis_version,
             tuning=tuning,
             owns_servers=True,
             started=True,
             redis_databases=databases,
-            details=details,
+            data_on_tmpfs=str(paths["run"]).startswith(str(TMPFS) + "/"),
+            local=facts,
         )
-        state.stack = dataclasses.asdict(stack)
+        state.stack = stack.to_dict()
         write_state(self.state_dir, state)
         return stack
 
@@ -362,16 +386,8 @@ class LocalBackend:
         if state.postgres_identity != pg_bins.identity() or state.redis_bin != str(redis_bin.path):
             return False
         stack = state.the_stack()
-        try:
-            (version,) = pg_query(("127.0.0.1", state.postgres_port), ["SHOW server_version"], timeout=2.0)
-            redis_commands(("127.0.0.1", state.redis_port), [["PING"]], timeout=2.0)
-            info = redis_commands(("127.0.0.1", state.redis_port), [["INFO", "server"]], timeout=2.0)[0]
-        except (OSError, WireError):
-            return False
-        text = str(info)
-        redis_ok = f"valkey_version:{stack.redis_version}" in text or f"redis_version:{stack.redis_version}" in text
-        ours = state.redis is not None and f"process_id:{state.redis.pid}" in text
-        return version == stack.postgres_version and redis_ok and ours
+        redis_pid = state.redis.pid if state.redis is not None else None
+        return answers_as(state.postgres_port, state.redis_port, stack.postgres_version, stack.redis_version, redis_pid)
 
     def _reap_and_attach(self, pg_bins: PgBinaries, redis_bin: RedisBinary) -> Stack | None:
         env = self.options.env
@@ -428,7 +444,7 @@ class LocalBackend:
         if not self.state_dir.is_dir():
             return
         busy: list[str] = []
-        with locked(self.state_dir):
+        with locked(self.state_dir, _LOCK_WAITS * self.options.timeout):
             for _path, state in read_states(self.state_dir):
                 if state is None or state.env != self.options.env:
                     continue
@@ -532,21 +548,6 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def request_seed(stack: Stack) -> None:
-    """Ask that this test stack's cluster, once its owner stops it, seed the next runs' clusters.
-
-    The plugin calls it after building a schema template into the cluster, so that the next run
-    starts with the template in place and reuses it while its hash matches. A file in the run folder
-    carries the request, because under xdist the process that built the template need not be the
-    one that stops the stack.
-    """
-    run_dir = stack.details.get("run_dir")
-    if stack.backend != "local" or stack.env != "test" or not run_dir:
-        return
-    with contextlib.suppress(OSError):
-        (Path(run_dir) / SEED_REQUEST).touch()
-
-
 def _teardown_state(
     state: StackState,
     children: dict[str, subprocess.Popen[bytes]] | None = None,
@@ -563,11 +564,11 @@ def _teardown_state(
     children = children or {}
     throwaway = state.remove_run_dir
     if state.redis is not None and throwaway:
-        stop_group(state.redis, signal.SIGKILL, 5.0, children.get("redis"))
+        state.redis.stop(signal.SIGKILL, 5.0, children.get("redis"))
     if state.postgres is not None:
-        stop_group(state.postgres, signal.SIGINT, _PG_SHUTDOWN_WAIT, children.get("postgres"))
+        state.postgres.stop(signal.SIGINT, _PG_SHUTDOWN_WAIT, children.get("postgres"))
     if state.redis is not None and not throwaway:
-        stop_group(state.redis, signal.SIGTERM, 10.0, children.get("redis"))
+        state.redis.stop(signal.SIGTERM, 10.0, children.get("redis"))
     for child in children.values():
         with contextlib.suppress(Exception):
             child.wait(timeout=1.0)
@@ -582,3 +583,4 @@ def _teardown_state(
         save_seed(Path(state.data_dir), state.postgres_identity, version, seed_cache)
     if throwaway and state.run_dir:
         shutil.rmtree(state.run_dir, ignore_errors=True)
+

@@ -22,13 +22,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(
-    project: Path, *args: str, check: bool = True, backend: str = "local", extra_env: dict[str, str] | None = None
+    project: Path,
+    *args: str,
+    check: bool = True,
+    backend: str | None = "local",
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASHTAM_")}
     env["DASHTAM_DEV_POSTGRES_PORT"], env["DASHTAM_DEV_REDIS_PORT"] = (str(p) for p in pick_free_ports(2))
     env.update(extra_env or {})
+    chosen = ["--backend", backend] if backend is not None else []
     result = subprocess.run(
-        [sys.executable, "-m", "pytest_dashtam.cli", "--project-root", str(project), "--backend", backend, *args],
+        [sys.executable, "-m", "pytest_dashtam.cli", "--project-root", str(project), *chosen, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -83,7 +88,8 @@ def _stack(project: Path, env: str) -> Stack:
 
 
 def _pids(stack: Stack) -> list[int]:
-    return [int(p) for p in (stack.details.get("postgres_pid"), stack.details.get("redis_pid")) if p]
+    assert stack.local is not None
+    return [stack.local.postgres_pid, stack.local.redis_pid]
 
 
 def _alive(pid: int) -> bool:
@@ -178,7 +184,51 @@ def test_bad_input_exits_2_with_one_line(project: Path) -> None:
     missing = _run(project, "up", "test", check=False)
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1
-    assert ".env.test is missing" in missing.stderr
+    assert "the test env file" in missing.stderr
+    assert ".env.test (dashtam_env_file from default) does not exist" in missing.stderr
+
+
+def test_the_backend_comes_from_the_plugin_s_configuration(project: Path) -> None:
+    """--backend > DASHTAM_BACKEND > the project's ini dashtam_backend > auto, as for pytest; a bad value is
+    one line and exit 2, before anything starts."""
+    (project / "pyproject.toml").write_text('[tool.pytest.ini_options]\ndashtam_backend = "external"\n')
+    from_ini = _run(project, "status", "test", check=False, backend=None)
+    assert from_ini.returncode == 2
+    assert from_ini.stderr.strip().splitlines() == [
+        "dashtam-env: error: dashtam_backend=external needs --dashtam-postgres-url and --dashtam-redis-url "
+        "(or DASHTAM_POSTGRES_URL / DASHTAM_REDIS_URL); give both, or choose another backend"
+    ]
+    from_env = _run(project, "status", "test", backend=None, extra_env={"DASHTAM_BACKEND": "local"})
+    assert "test: not running (local backend)" in from_env.stdout
+    from_flag = _run(project, "status", "test", backend="local", extra_env={"DASHTAM_BACKEND": "external"})
+    assert "test: not running (local backend)" in from_flag.stdout
+    bad = _run(project, "status", "test", check=False, backend=None, extra_env={"DASHTAM_BACKEND": "nope"})
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "dashtam-env: error: dashtam_backend='nope' (from DASHTAM_BACKEND) is not a backend; "
+        "valid values: auto, compose, local, external"
+    ]
+    # The external backend has nothing of its own to stop: one line, exit 2, as before.
+    urls = {
+        "DASHTAM_POSTGRES_URL": "postgresql://postgres@127.0.0.1:1/postgres",
+        "DASHTAM_REDIS_URL": "redis://127.0.0.1:1",
+    }
+    down = _run(project, "down", "test", check=False, backend=None, extra_env={**urls, "DASHTAM_TIMEOUT": "0.5"})
+    assert down.returncode == 2
+    assert down.stderr.strip().splitlines() == [
+        "dashtam-env: error: the external backend does not stop servers it does not own; stop them where they run"
+    ]
+
+
+def test_the_test_env_file_comes_from_the_plugin_s_configuration(project: Path) -> None:
+    moved = project / "config" / "ci.env"
+    moved.parent.mkdir()
+    shutil.move(project / "env" / ".env.test", moved)
+    (project / "pyproject.toml").write_text('[tool.pytest.ini_options]\ndashtam_env_file = "config/ci.env"\n')
+    up = _run(project, "up", "test")
+    assert "fsync=off" in up.stdout
+    assert "/dashtam_test" in up.stdout  # the database of the configured env file
+    _run(project, "down", "test")
 
 
 def test_reset_refuses_unsafe_test_settings(project: Path) -> None:
@@ -205,7 +255,8 @@ def test_the_same_commands_on_compose(project: Path) -> None:
         "DASHTAM_POSTGRES_IMAGE": os.environ.get("DASHTAM_POSTGRES_IMAGE", "dashtam-ci/postgres:15"),
         "DASHTAM_REDIS_IMAGE": os.environ.get("DASHTAM_REDIS_IMAGE", "dashtam-ci/redis:7"),
         "DASHTAM_DEV_COMPOSE_PROJECT": projects["dev"],
-        "DASHTAM_TEST_COMPOSE_PROJECT": projects["test"],
+        # The test project as pytest reads it (dashtam_compose_project): one configuration for both.
+        "DASHTAM_COMPOSE_PROJECT": projects["test"],
         "DASHTAM_DEV_POSTGRES_PORT": "0",
         "DASHTAM_DEV_REDIS_PORT": "0",
         "DASHTAM_TEST_POSTGRES_PORT": "0",

@@ -194,11 +194,13 @@ def test_start_gives_a_tuned_stack_on_loopback_and_stop_removes_everything(proje
         assert stack.postgres_url.endswith("/postgres")
         assert stack.redis_url.startswith("redis://127.0.0.1:")
         assert "test_password" not in repr(stack)
-        assert stack.details["project"] == project
-        assert stack.details["services"] == ["postgres", "redis"]
-        assert stack.details["postgres_data_tmpfs"] is True
-        assert stack.details["owner_pid"] == os.getpid()
-        assert stack.details["kept"] is False
+        assert stack.compose is not None
+        assert stack.compose.project == project
+        assert stack.compose.services == ("postgres", "redis")
+        assert stack.data_on_tmpfs is True
+        assert stack.compose.owner_pid == os.getpid()
+        assert stack.compose.kept is False
+        assert Stack.from_json(stack.to_json()) == stack
         assert stack.postgres_version.split(".")[0].isdigit()
         assert stack.redis_version.split(".")[0].isdigit()
         assert stack.redis_databases is not None
@@ -275,7 +277,8 @@ def test_attaches_to_a_stack_brought_up_by_hand_and_leaves_it_running(
     backend = make_backend(project)
     stack = backend.start()
     assert stack.started is False
-    assert stack.details["kept"] is True
+    assert stack.compose is not None
+    assert stack.compose.kept is True
     assert show(stack.postgres_url, "fsync") == {"fsync": "off"}
     backend.stop()
     assert container_ids(project, running_only=True) == before
@@ -349,7 +352,8 @@ def test_a_sigkilled_owners_stack_is_reaped_by_the_next_start(projects: list[str
     stack = backend.start()
     try:
         assert stack.started is True
-        assert stack.details["owner_pid"] == os.getpid()
+        assert stack.compose is not None
+        assert stack.compose.owner_pid == os.getpid()
         assert container_ids(crashed).isdisjoint(killed_ids)
     finally:
         backend.stop()

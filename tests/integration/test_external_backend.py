@@ -108,7 +108,7 @@ def test_attaches_and_describes_the_servers(planted: dict[int, str]) -> None:
     assert stack.redis_version.split(".")[0].isdigit()
     assert stack.redis_databases is not None
     assert stack.redis_databases >= 2
-    assert stack.details["can_create_databases"] is True
+    assert stack.can_create_databases is True
     assert Stack.from_json(stack.to_json()) == stack
 
     status = backend.status()

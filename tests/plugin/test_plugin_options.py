@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
+import socket
 
 import pytest
-from inner_project import INNER_DB, Inner
+from inner_project import Inner
 
 
 def test_each_level_wins_in_turn_and_the_header_says_so(inner: Inner) -> None:
@@ -18,7 +18,7 @@ def test_each_level_wins_in_turn_and_the_header_says_so(inner: Inner) -> None:
         [
             "dashtam: *, backend=external (from --dashtam-backend), env_file=.env.test (from ini dashtam_env_file), "
             "settings=exampleapp:Settings (from ini dashtam_settings)",
-            f"dashtam: test database {INNER_DB}, redis_index=11 (from DASHTAM_REDIS_INDEX), "
+            f"dashtam: test database {inner.database}, redis_index=11 (from DASHTAM_REDIS_INDEX), "
             "dev_database=dev_from_ini (from ini dashtam_dev_database), dev_redis_index=0 (default)",
         ]
     )
@@ -63,16 +63,29 @@ def test_help_works_on_a_broken_configuration(inner: Inner) -> None:
 
 def test_collect_only_does_no_work(inner: Inner) -> None:
     inner.copy()
-    before = inner.databases()
-    # Unreachable servers: starting anything would take the timeout and fail.
-    inner.monkeypatch.setenv("DASHTAM_POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/postgres")
-    inner.monkeypatch.setenv("DASHTAM_REDIS_URL", "redis://127.0.0.1:1")
-    started = time.monotonic()
-    result = inner.run("--collect-only", "--dashtam-timeout=30")
-    assert result.ret == 0
-    assert time.monotonic() - started < 20
-    assert "dashtam: backend=external (from DASHTAM_BACKEND):" not in result.stdout.str()
-    assert inner.databases() == before
+    # Servers that only listen: a connection attempt of the run would wait in their backlog (seen below).
+    with _listener() as postgres, _listener() as redis:
+        inner.monkeypatch.setenv("DASHTAM_POSTGRES_URL", f"postgresql://postgres@127.0.0.1:{_port(postgres)}/postgres")
+        inner.monkeypatch.setenv("DASHTAM_REDIS_URL", f"redis://127.0.0.1:{_port(redis)}")
+        result = inner.run("--collect-only", "--dashtam-timeout=30")
+        assert result.ret == 0
+        assert "dashtam: backend=external (from DASHTAM_BACKEND):" not in result.stdout.str()
+        for server in (postgres, redis):
+            with pytest.raises(BlockingIOError):  # nobody knocked
+                server.accept()
+    assert inner.databases() == set()
+
+
+def _listener() -> socket.socket:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    return server
+
+
+def _port(server: socket.socket) -> int:
+    return int(server.getsockname()[1])
 
 
 def test_unconfigured_project_leaves_the_plugin_idle(inner: Inner) -> None:

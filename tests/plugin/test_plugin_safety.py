@@ -9,37 +9,48 @@ configure-time `pytest.UsageError` (exit 4): no test runs, nothing connects.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
-from inner_project import INNER_DB, INNER_INDEX, Inner
+from inner_project import Inner, Taken
 
 PLANTED_KEY = "pytest-dashtam-safety-test-planted"
 
 
+@dataclass
+class Planted:
+    """A project whose earlier run kept its stamped database (a planted row in it) and its Redis index (a key)."""
+
+    inner: Inner
+    took: Taken
+
+    def run(self, *args: str) -> pytest.RunResult:
+        return self.inner.run(*args)
+
+    def untouched(self) -> None:
+        with self.inner.test_db(self.took.database) as conn:
+            assert conn.execute("SELECT name FROM items").fetchall() == [("planted",)]
+        assert self.inner.redis(self.took.redis_index).get(PLANTED_KEY) == "1"
+
+
 @pytest.fixture
-def planted(inner: Inner) -> Iterator[Inner]:
+def planted(inner: Inner) -> Iterator[Planted]:
     inner.copy()
-    kept = inner.run("test_basic.py", "-k", "settings", "--dashtam-keep")
+    kept, took = inner.run_taken("test_basic.py", "-k", "settings", "--dashtam-keep")
     kept.assert_outcomes(passed=1)
+    assert took.database == inner.database
     with inner.admin() as admin:
         row = admin.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (INNER_DB,)
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (took.database,)
         ).fetchone()
     assert row is not None
     assert str(row[0]).startswith("pytest-dashtam:")
-    with inner.test_db(INNER_DB) as conn:
+    with inner.test_db(took.database) as conn:
         conn.execute("INSERT INTO items (name) VALUES ('planted')")
-    inner.redis(INNER_INDEX).set(PLANTED_KEY, "1")
-    yield inner
-    inner.redis(INNER_INDEX).delete(PLANTED_KEY)
-    with inner.admin() as admin:  # created by this fixture's own run (stamped): ours to drop
-        admin.execute(f'DROP DATABASE IF EXISTS "{INNER_DB}" WITH (FORCE)')
-
-
-def _untouched(inner: Inner) -> None:
-    with inner.test_db(INNER_DB) as conn:
-        assert conn.execute("SELECT name FROM items").fetchall() == [("planted",)]
-    assert inner.redis(INNER_INDEX).get(PLANTED_KEY) == "1"
+    inner.redis(took.redis_index).set(PLANTED_KEY, "1")
+    yield Planted(inner, took)
+    inner.redis(took.redis_index).delete(PLANTED_KEY)
+    # The kept database (stamped, created by this fixture's own run) goes with the inner fixture's cleanup.
 
 
 def _refused(result: pytest.RunResult, message: str) -> None:
@@ -48,37 +59,37 @@ def _refused(result: pytest.RunResult, message: str) -> None:
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
-def test_environment_must_be_testing(planted: Inner) -> None:
-    planted.env_file(ENVIRONMENT="development")
+def test_environment_must_be_testing(planted: Planted) -> None:
+    planted.inner.env_file(ENVIRONMENT="development")
     _refused(
         planted.run("test_basic.py"),
         "ENVIRONMENT is 'development' in the test env file, the test run requires 'testing'*",
     )
-    _untouched(planted)
+    planted.untouched()
 
 
-def test_testing_flag_must_be_true(planted: Inner) -> None:
-    planted.env_file(TESTING="false")
+def test_testing_flag_must_be_true(planted: Planted) -> None:
+    planted.inner.env_file(TESTING="false")
     _refused(planted.run("test_basic.py"), "TESTING is 'false' in the test env file, the test run requires true*")
-    _untouched(planted)
+    planted.untouched()
 
 
-def test_database_name_must_be_a_test_name(planted: Inner) -> None:
-    planted.env_file(DATABASE_URL="postgresql+asyncpg://postgres:test@127.0.0.1:5432/dashtam_plugin")
+def test_database_name_must_be_a_test_name(planted: Planted) -> None:
+    planted.inner.env_file(DATABASE_URL="postgresql+asyncpg://postgres:test@127.0.0.1:5432/dashtam_plugin")
     # The password says "test"; only the name counts.
     _refused(planted.run("test_basic.py"), "*the database name 'dashtam_plugin'*does not contain 'test'*")
-    _untouched(planted)
+    planted.untouched()
 
 
-def test_database_must_not_be_the_dev_database(planted: Inner) -> None:
+def test_database_must_not_be_the_dev_database(planted: Planted) -> None:
     _refused(
-        planted.run("test_basic.py", f"--dashtam-dev-database={INNER_DB}"),
-        f"*the test database '{INNER_DB}'*is the dev database*",
+        planted.run("test_basic.py", f"--dashtam-dev-database={planted.took.database}"),
+        f"*the test database '{planted.took.database}'*is the dev database*",
     )
-    _untouched(planted)
+    planted.untouched()
 
 
-def test_host_must_be_local(planted: Inner) -> None:
+def test_host_must_be_local(planted: Planted) -> None:
     # "vm" resolves to 127.0.0.1 here, so the servers answer, but it is not a loopback *name*.
     import socket
 
@@ -89,11 +100,11 @@ def test_host_must_be_local(planted: Inner) -> None:
     host = socket.gethostname()
     result = planted.run(
         "test_basic.py",
-        f"--dashtam-postgres-url=postgresql://postgres@{host}:{planted.postgres_port}/postgres",
-        f"--dashtam-redis-url=redis://{host}:{planted.redis_port}",
+        f"--dashtam-postgres-url=postgresql://postgres@{host}:{planted.inner.postgres_port}/postgres",
+        f"--dashtam-redis-url=redis://{host}:{planted.inner.redis_port}",
     )
     _refused(result, f"*the host '{host}' (in the URL) is neither loopback*")
-    _untouched(planted)
+    planted.untouched()
 
 
 def test_redis_index_must_not_be_the_dev_index(inner: Inner) -> None:
@@ -107,21 +118,20 @@ def test_redis_index_must_not_be_the_dev_index(inner: Inner) -> None:
         dev.delete(PLANTED_KEY)  # only our own key: index 0 is someone's dev data
 
 
-def test_redis_index_must_exist(planted: Inner) -> None:
-    databases = planted.redis_databases()
+def test_redis_index_must_exist(planted: Planted) -> None:
+    databases = planted.inner.redis_databases()
     result = planted.run("test_basic.py", f"--dashtam-redis-index={databases}")
     result.assert_outcomes(errors=4, passed=2)
     result.stdout.fnmatch_lines([f"*no free Redis index*{databases}*"])
     assert "Traceback" not in result.stdout.str()
-    _untouched(planted)
+    planted.untouched()
 
 
 def test_an_unstamped_database_is_never_dropped_and_the_run_takes_a_name_of_its_own(inner: Inner) -> None:
     inner.copy()
-    foreign = "dashtam_test_plugin_foreign"
+    foreign = f"{inner.database}_foreign"
     inner.env_file(DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{foreign}")
     with inner.admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{foreign}"')  # left by an earlier run of this test only
         admin.execute(f'CREATE DATABASE "{foreign}"')
     try:
         with inner.test_db(foreign) as conn:
@@ -137,8 +147,5 @@ def test_an_unstamped_database_is_never_dropped_and_the_run_takes_a_name_of_its_
             assert conn.execute("SELECT shobj_description(%s, 'pg_database')", oid).fetchone() == (None,)
         assert f"{foreign}_2" not in inner.databases()
     finally:
-        with inner.admin() as admin:
+        with inner.admin() as admin:  # the unstamped one is this test's own; the stamped ones go with `inner`
             admin.execute(f'DROP DATABASE IF EXISTS "{foreign}" WITH (FORCE)')
-            for name in inner.databases():
-                if name.startswith(f"{foreign}_tpl_"):
-                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -3,35 +3,39 @@
 from __future__ import annotations
 
 import pytest
-from inner_project import INNER_DB, Inner
+from inner_project import Inner
 
 
 def test_second_run_reuses_the_template_and_rebuild_forces_a_build(inner: Inner) -> None:
     inner.copy()
-    built = inner.run("test_basic.py", "-k", "settings", "--dashtam-rebuild", "--dashtam-timings")
+    db = inner.database
+    built = inner.run("test_basic.py", "-k", "settings", "--dashtam-timings")
     built.assert_outcomes(passed=1)
-    built.stdout.fnmatch_lines([f"dashtam: database {INNER_DB} from template {INNER_DB}_tpl_* (cache miss: built)*"])
+    built.stdout.fnmatch_lines([f"dashtam: database {db} from template {db}_tpl_* (cache miss: built)*"])
     built.stdout.fnmatch_lines(
         ["dashtam timings: start * ms, safety * ms, template * ms, clone * ms, teardown * ms (template built)"]
     )
     again = inner.run("test_basic.py", "-k", "settings", "--dashtam-timings")
     again.assert_outcomes(passed=1)
-    again.stdout.fnmatch_lines([f"dashtam: database {INNER_DB} from template {INNER_DB}_tpl_* (cache hit)*"])
+    again.stdout.fnmatch_lines([f"dashtam: database {db} from template {db}_tpl_* (cache hit)*"])
     again.stdout.fnmatch_lines(["dashtam timings: * (template cache hit)"])
-    templates = {d for d in inner.databases() if d.startswith(f"{INNER_DB}_tpl_")}
-    assert len(templates) == 1, templates  # one per hash; stale ones are dropped
+    (template,) = inner.templates()
+    rebuilt = inner.run("test_basic.py", "-k", "settings", "--dashtam-rebuild")
+    rebuilt.assert_outcomes(passed=1)
+    rebuilt.stdout.fnmatch_lines([f"dashtam: database {db} from template {template} (cache miss: built)*"])
+    assert inner.templates() == {template}  # one per hash; stale ones are dropped
 
 
 def test_a_schema_change_builds_a_new_template_and_drops_the_stale_one(inner: Inner) -> None:
     inner.copy()
     inner.run("test_basic.py", "-k", "settings").assert_outcomes(passed=1)
-    (old,) = {d for d in inner.databases() if d.startswith(f"{INNER_DB}_tpl_")}
+    (old,) = inner.templates()
     app = inner.pytester.path / "exampleapp.py"
     app.write_text(app.read_text().replace("String(100)", "String(120)"))
     changed = inner.run("test_basic.py", "-k", "settings")
     changed.assert_outcomes(passed=1)
     changed.stdout.fnmatch_lines(["*(cache miss: built)*"])
-    templates = {d for d in inner.databases() if d.startswith(f"{INNER_DB}_tpl_")}
+    templates = inner.templates()
     assert old not in templates
     assert len(templates) == 1
 

@@ -3,33 +3,33 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
-from inner_project import INNER_DB, INNER_INDEX, Inner
+from inner_project import Inner, taken
 
 
 def test_two_workers(inner: Inner) -> None:
     inner.copy()
-    before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("pytest-dashtam-")}
+    db = inner.database
     # loadfile: test_transaction.py's tests check what the previous one left, so they stay together, in order.
     result = inner.run("-n", "2", "--dist", "loadfile", "test_basic.py", "test_transaction.py", "--dashtam-timings")
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(
         [
-            f"dashtam: backend=external *; workers lease {INNER_DB}_gwN and their own Redis indexes",
+            f"dashtam: backend=external *; workers lease {db}_gwN and their own Redis indexes",
             "*= dashtam =*",
-            f"dashtam: database {INNER_DB}_gw? from template {INNER_DB}_tpl_* redis index *",
+            f"dashtam: database {db}_gw? from template {db}_tpl_* redis index *",
         ]
     )
-    result.stdout.fnmatch_lines([f"dashtam timings: {INNER_DB}_gw0: start *", f"dashtam timings: {INNER_DB}_gw1: *"])
-    databases = inner.databases()
-    assert f"{INNER_DB}_gw0" not in databases
-    assert f"{INNER_DB}_gw1" not in databases
-    assert inner.redis(INNER_INDEX).dbsize() == 0
-    assert inner.redis(INNER_INDEX + 1).dbsize() == 0
-    after = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("pytest-dashtam-")}
-    assert after <= before  # the run's shared directory is removed
+    result.stdout.fnmatch_lines([f"dashtam timings: {db}_gw0: start *", f"dashtam timings: {db}_gw1: *"])
+    workers = taken(result)
+    assert sorted(w.database for w in workers) == [f"{db}_gw0", f"{db}_gw1"]
+    assert len({w.redis_index for w in workers}) == 2  # an index each
+    assert inner.databases() == {w.template for w in workers}  # the template is the cache; the rest is gone
+    for worker in workers:
+        assert inner.redis(worker.redis_index).dbsize() == 0
+    # The inner run's own temp dir (TMPDIR, set by the inner fixture): the run's shared files are removed.
+    assert not [p for p in os.listdir(os.environ["TMPDIR"]) if p.startswith("pytest-dashtam-")]
 
 
 def test_a_worker_without_a_free_redis_index_says_so(inner: Inner) -> None:

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_dashtam.backends import compose
 from pytest_dashtam.backends._compose_cli import (
     ComposeProject,
     Container,
     assess,
     classify_up_failure,
     down_by_name,
+    engine_answers,
     log_tail,
     parse_compose_version,
     parse_inspect,
@@ -31,7 +36,7 @@ from pytest_dashtam.backends._compose_cli import (
     read_env_file,
     service_of,
 )
-from pytest_dashtam.backends._compose_owner import Owner, owner_state, process_alive, process_start_time
+from pytest_dashtam.backends._compose_owner import Owner, owner_alive, owner_start, owner_state
 from pytest_dashtam.backends.base import BackendOptions
 from pytest_dashtam.backends.compose import ComposeBackend, docker_available
 from pytest_dashtam.errors import BackendError
@@ -97,6 +102,8 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
     monkeypatch.setenv("PATH", f"{fake.bin}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("FAKE_DOCKER_LOG", str(fake.log))
     monkeypatch.setenv("FAKE_DOCKER_SCENARIO", str(fake.scenario_file))
+    # The fake stands for the engine's CLI; its socket ping is taken as answered (tested on its own below).
+    monkeypatch.setattr(compose, "engine_answers", lambda timeout=1.0: True)
     return fake
 
 
@@ -199,7 +206,7 @@ def test_up_runs_with_owner_labels_and_env_file_winning_over_the_shell(
     assert "POSTGRES_PASSWORD" not in env
     assert env["DASHTAM_POSTGRES_IMAGE"] == "dashtam-ci/postgres:15"
     assert env["DASHTAM_STACK_OWNER_PID"] == str(os.getpid())
-    assert env["DASHTAM_STACK_OWNER_START"] == process_start_time(os.getpid())
+    assert env["DASHTAM_STACK_OWNER_START"] == owner_start(os.getpid())
     assert env["DASHTAM_STACK_KEEP"] == "1"
     assert len(env["DASHTAM_STACK_RUN_ID"]) == 12
     assert env["DASHTAM_ENV_FILE"] == str(REPO / "env" / ".env.test")
@@ -330,6 +337,53 @@ def test_docker_available_with_a_healthy_fake(fake_docker: FakeDocker) -> None:
     assert fake_docker.argvs() == [["version", "--format", "{{.Server.Version}}"], ["compose", "version", "--short"]]
 
 
+def test_no_engine_socket_means_no_docker_process_at_all(
+    fake_docker: FakeDocker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`auto` asks on every run: without an engine answering its socket, no `docker` process is started."""
+    monkeypatch.setattr(compose, "engine_answers", lambda timeout=1.0: False)
+    fake_docker.scenario(HEALTHY_ENGINE)
+    assert not docker_available()
+    assert not ComposeBackend(BackendOptions(project_root=REPO)).available()
+    assert fake_docker.argvs() == []
+
+
+class _FakeEngine(threading.Thread):
+    """A Unix socket that answers one HTTP request with `status`."""
+
+    def __init__(self, path: Path, status: bytes) -> None:
+        super().__init__(daemon=True)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen()
+        self.status = status
+        self.request = b""
+
+    def run(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            self.request = conn.recv(1024)
+            conn.sendall(b"HTTP/1.0 " + self.status + b"\r\nContent-Length: 2\r\n\r\nOK")
+        self.server.close()
+
+
+@pytest.mark.parametrize(("status", "answers"), [(b"200 OK", True), (b"500 Internal Server Error", False)])
+def test_engine_ping_on_the_socket(
+    status: bytes, answers: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = Path(tempfile.mkdtemp(prefix="dashtam-sock-")) / "docker.sock"  # short: sun_path has 108 bytes
+    engine = _FakeEngine(path, status)
+    engine.start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    assert engine_answers() is answers
+    engine.join(5)
+    assert engine.request.startswith(b"GET /_ping ")
+    path.unlink()
+    assert engine_answers() is False  # nothing listens
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
+    assert engine_answers() is True  # a TCP engine named on purpose: the CLI calls decide
+
+
 def test_missing_env_file_points_at_the_example(tmp_path: Path) -> None:
     (tmp_path / "docker").mkdir()
     (tmp_path / "docker" / "docker-compose.dev.yml").write_text("services: {}\n")
@@ -374,7 +428,7 @@ def test_reaping_takes_down_only_dead_owners_test_stacks(fake_docker: FakeDocker
     dead = {"io.dashtam.owner-pid": str(dead_pid()), "io.dashtam.owner-host": host}
     live = {
         "io.dashtam.owner-pid": str(os.getppid()),
-        "io.dashtam.owner-start": process_start_time(os.getppid()),
+        "io.dashtam.owner-start": owner_start(os.getppid()),
         "io.dashtam.owner-host": host,
     }
     kept = {**dead, "io.dashtam.keep": "1"}
@@ -540,7 +594,7 @@ def test_owner_states() -> None:
     assert owner_state(Owner(dead_pid(), "", "another-machine", "r", keep=False)) == "elsewhere"
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as sleeper:
         try:
-            start = process_start_time(sleeper.pid)
+            start = owner_start(sleeper.pid)
             assert owner_state(Owner(sleeper.pid, start, me.host, "r", keep=False)) == "alive"
             # Same PID, another start time: the PID was reused, the recorded owner is gone.
             assert owner_state(Owner(sleeper.pid, str(int(start) + 1), me.host, "r", keep=False)) == "dead"
@@ -549,7 +603,7 @@ def test_owner_states() -> None:
             import time
 
             time.sleep(0.2)
-            assert not process_alive(sleeper.pid, start)
+            assert not owner_alive(sleeper.pid, start)
         finally:
             sleeper.kill()
 

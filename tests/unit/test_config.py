@@ -26,6 +26,7 @@ SAMPLES: dict[str, tuple[object, str, object]] = {
     "keep": (True, "0", True),
     "rebuild": (True, "0", True),
     "timings": (True, "0", True),
+    "gc_freeze": ("off", "on", False),
     "dev_database": ("dev_cli", "dev_env", "dev_ini"),
     "dev_redis_index": ("3", "4", "5"),
     "redis_index": ("6", "7", "8"),
@@ -220,3 +221,21 @@ def test_config_is_frozen(project: Path) -> None:
     config = build_config({}, {}, {}, project)
     with pytest.raises(AttributeError):
         config.backend = "local"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1"])
+def test_timeout_must_be_positive_and_finite(project: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"must be a positive, finite number of seconds"):
+        build_config({}, {"DASHTAM_TIMEOUT": value}, {}, project)
+
+
+def test_repr_masks_the_server_passwords(project: Path) -> None:
+    config = build_config(
+        {"postgres_url": "postgresql://adm:s3cret@127.0.0.1/postgres", "redis_url": "redis://:r3dis@127.0.0.1:6379"},
+        {},
+        {},
+        project,
+    )
+    assert "s3cret" not in repr(config)
+    assert "r3dis" not in repr(config)
+    assert "postgresql://adm:***@127.0.0.1/postgres" in repr(config)

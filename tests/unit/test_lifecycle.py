@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_dashtam import lifecycle
+from pytest_dashtam import run as run_module
 from pytest_dashtam.backends.base import Stack
 from pytest_dashtam.config import PluginConfig, build_config
 from pytest_dashtam.errors import ConfigError
@@ -19,7 +20,6 @@ from pytest_dashtam.lifecycle import (
     describe_report,
     import_object,
     load_settings,
-    select_backend,
 )
 
 
@@ -48,25 +48,11 @@ def _stack(databases: int | None = 16) -> Stack:
     )
 
 
-def test_auto_prefers_given_urls_then_docker_then_local(project: Path) -> None:
-    with_urls = _config(project, postgres_url="postgresql://p@127.0.0.1/postgres", redis_url="redis://127.0.0.1")
-    assert select_backend(with_urls, docker=lambda: True) == ("external", "auto: server URLs given")
-    assert select_backend(_config(project), docker=lambda: True) == (
-        "compose",
-        "auto: a Docker engine with compose answers",
-    )
-    assert select_backend(_config(project), docker=lambda: False)[0] == "local"
-    assert select_backend(_config(project, backend="local"), docker=lambda: True) == (
-        "local",
-        "from --dashtam-backend",
-    )
-
-
 def test_postgres_capacity_is_checked_before_starting(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def free(url: str) -> int:
         return 20
 
-    monkeypatch.setattr(lifecycle, "_free_connections", free)
+    monkeypatch.setattr(run_module, "_free_connections", free)
     run = DashtamRun(_config(project), role="controller", worker_count=4)
     with pytest.raises(ConfigError, match=r"4 workers need up to 48 PostgreSQL connections .* has 20 free"):
         run._check_capacity(_stack())
@@ -153,19 +139,6 @@ def test_report_lines() -> None:
     assert lines[1] == (
         "dashtam: database shop_test from template shop_test_tpl_abc (cache hit), redis index 1, tuning fsync=off"
     )
-
-
-def test_docker_usable_needs_compose_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An engine without the compose plugin must not make `auto` choose compose."""
-    from pytest_dashtam.backends import compose
-
-    monkeypatch.setattr(lifecycle, "docker_answers", lambda timeout=1.0: True)
-    monkeypatch.setattr(compose, "docker_available", lambda timeout=1.5: False)
-    assert lifecycle.docker_usable() is False
-    monkeypatch.setattr(compose, "docker_available", lambda timeout=1.5: True)
-    assert lifecycle.docker_usable() is True
-    monkeypatch.setattr(lifecycle, "docker_answers", lambda timeout=1.0: False)
-    assert lifecycle.docker_usable() is False
 
 
 class FakeBackend:

@@ -8,15 +8,19 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_dashtam.backends._local_procs import ProcRef
+import pytest
+
 from pytest_dashtam.backends._local_state import StackState, locked, read_states, remove_state, write_state
+from pytest_dashtam.backends.base import Stack
+from pytest_dashtam.errors import BackendError
+from pytest_dashtam.process import ProcessId
 
 
 def _state(run_id: str) -> StackState:
     return StackState(
         run_id=run_id,
         env="test",
-        owner=ProcRef.of(os.getpid()),
+        owner=ProcessId.of(os.getpid()),
         keep=False,
         started_at=time.time(),
         run_dir="/dev/shm/x",
@@ -71,8 +75,63 @@ def test_lock_excludes_another_process(tmp_path: Path) -> None:
         "    print('busy')\n"
     )
     lock_file = str(tmp_path / ".lock")
-    with locked(tmp_path):
+    with locked(tmp_path, timeout=5.0):
         held = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True, text=True, check=True)
     after = subprocess.run([sys.executable, "-c", probe, lock_file], capture_output=True, text=True, check=True)
     assert held.stdout.strip() == "busy"
     assert after.stdout.strip() == "free"
+
+
+def test_a_held_lock_is_waited_for_a_bounded_time(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire();"
+            " print('held', flush=True); time.sleep(30)",
+            str(tmp_path / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(BackendError, match=r"another run has held the local backend's lock .*\.lock for 0s"),
+            locked(tmp_path, timeout=0.2),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    with locked(tmp_path, timeout=5.0):  # released by the kernel when its holder died
+        pass
+
+
+def test_the_stack_of_an_older_state_file_still_loads(tmp_path: Path) -> None:
+    """A kept stack recorded before Stack had typed facts (its `details` dict) still reads: the facts are
+    unknown, the URLs and versions are there."""
+    state = _state("old")
+    state.stack = {
+        "backend": "local",
+        "env": "test",
+        "postgres_url": "postgresql://postgres@127.0.0.1:20001/postgres",
+        "redis_url": "redis://127.0.0.1:20002",
+        "postgres_version": "15.20",
+        "redis_version": "7.0.15",
+        "tuning": {"fsync": "off"},
+        "owns_servers": True,
+        "started": True,
+        "redis_databases": 16,
+        "details": {"run_dir": "/dev/shm/x"},
+    }
+    write_state(tmp_path, state)
+    ((_path, found),) = read_states(tmp_path)
+    assert found is not None
+    stack = found.the_stack()
+    assert isinstance(stack, Stack)
+    assert stack.postgres_version == "15.20"
+    assert stack.local is None

@@ -36,17 +36,22 @@ async def test_client_uses_the_test_session(client: AsyncClient, db_session: Asy
     assert (await client.get("/items")).json() == ["apple"]
 
 
-def test_settings_point_at_the_worker(dashtam_settings: Any, dashtam_stack: Stack) -> None:
+@pytest.mark.asyncio
+async def test_settings_point_at_the_worker(dashtam_settings: Any, dashtam_stack: Stack, redis_client: Redis) -> None:
     import os
 
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    number = int(worker[2:]) if worker else 0
-    # The database this run leased: the env file's name, or the one the outer test expects it to take instead.
-    base = os.environ.get("INNER_EXPECT_DB", "dashtam_test_plugin")
+    # The database this run leased: the env file's name (which the outer test passes on), or the one the outer
+    # test expects it to take instead.
+    base = os.environ["INNER_EXPECT_DB"]
     assert dashtam_settings.DATABASE_URL.endswith(f"/{base}" + (f"_{worker}" if worker else ""))
-    assert dashtam_settings.REDIS_URL.endswith(f"/{9 + number}")
+    # The Redis index this process leased (the env file's 9 plus the worker number, or the next free one).
+    index = int(dashtam_settings.REDIS_URL.rsplit("/", 1)[1])
+    assert index == redis_client.connection_pool.connection_kwargs["db"]
+    assert index >= 9 + (int(worker[2:]) if worker else 0)
     # The app's own settings (not overridden by fixtures) read the same values from the environment.
     assert os.environ["DATABASE_URL"] == dashtam_settings.DATABASE_URL
+    assert os.environ["REDIS_URL"] == dashtam_settings.REDIS_URL
     assert dashtam_stack.postgres_version
 
 

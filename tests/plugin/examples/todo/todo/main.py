@@ -12,6 +12,13 @@ from todo.models import Entry
 app = FastAPI()
 
 
+def get_clock() -> str:
+    """A dependency of the app's own that tests replace."""
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
 @app.post("/entries/{title}", status_code=201)
 async def add(
     title: str,
@@ -28,3 +35,8 @@ async def add(
 @app.get("/entries")
 async def titles(session: Annotated[AsyncSession, Depends(get_session)]) -> list[str]:
     return list((await session.scalars(select(Entry.title).order_by(Entry.id))).all())
+
+
+@app.get("/now")
+async def now(clock: Annotated[str, Depends(get_clock)]) -> dict[str, str]:
+    return {"now": clock}

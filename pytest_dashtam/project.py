@@ -1,0 +1,118 @@
+"""The project's own objects, found by configuration: its settings class, app, metadata, dependencies.
+
+The plugin never imports the application by name; these are the only places it imports what the user
+named (`module:attr`), each failure a one-line ConfigError naming the option.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_dashtam.errors import ConfigError
+from pytest_dashtam.urls import mask_url, mask_urls_in
+
+if TYPE_CHECKING:
+    from pytest_dashtam.config import PluginConfig
+
+
+def import_object(spec: str, what: str) -> Any:
+    """`module:attr.attr` imported (pkgutil's own resolution); a one-line ConfigError naming the option."""
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        return pkgutil.resolve_name(spec)
+    except ModuleNotFoundError as exc:
+        if (exc.name and module_name.startswith(exc.name)) or exc.name == module_name:
+            raise ConfigError(
+                f"dashtam_{what}={spec!r}: cannot import {module_name!r} ({exc}); "
+                f"check the module path (the project must be importable, e.g. pip install -e .)"
+            ) from exc
+        raise ConfigError(f"dashtam_{what}={spec!r}: importing {module_name!r} failed: {exc}") from exc
+    except ImportError as exc:
+        raise ConfigError(f"dashtam_{what}={spec!r}: cannot import {module_name!r} ({exc})") from exc
+    except AttributeError:
+        raise ConfigError(
+            f"dashtam_{what}={spec!r}: {module_name!r} has no attribute {attr_path!r}; check the name"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"dashtam_{what}={spec!r}: {exc}; write it as module:attr") from None
+
+
+def load_settings(spec: str, env_file: Path) -> Any:
+    """The app's settings class instantiated as the app would: from the environment the plugin exported
+    (this worker's DATABASE_URL and REDIS_URL, which pydantic-settings prefers to the env file) and the
+    env file."""
+    cls = import_object(spec, "settings")
+    kwargs: dict[str, Any] = {}
+    try:
+        from pydantic_settings import BaseSettings
+
+        if isinstance(cls, type) and issubclass(cls, BaseSettings):
+            kwargs["_env_file"] = str(env_file)
+    except ImportError:  # pragma: no cover - pydantic-settings is a dependency
+        pass
+    try:
+        return cls(**kwargs)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()
+        detail = mask_urls_in(" ".join(line.strip() for line in first[:3]))
+        raise ConfigError(
+            f"the settings class {spec} refused the test env file {env_file}: {detail}; fix the env file"
+        ) from exc
+
+
+def check_settings_point_at(settings: Any, spec: str, database_url: str, redis_url: str) -> None:
+    """The settings must carry the URLs the plugin exported (a validator or an env_prefix may not)."""
+    from sqlalchemy.engine import make_url
+
+    from pytest_dashtam.safety import plain_value, settings_value
+
+    def same_database(value: object) -> bool:
+        try:
+            got, want = make_url(plain_value(value) or ""), make_url(database_url)
+        except Exception:
+            return False
+        return (got.host, got.port, got.database) == (want.host, want.port, want.database)
+
+    db_value = settings_value(settings, "DATABASE_URL")
+    redis_value = settings_value(settings, "REDIS_URL")
+    if db_value is not None and not same_database(db_value):
+        raise ConfigError(
+            f"the settings class {spec} does not read DATABASE_URL from the environment as the plugin exported it "
+            f"(it has {mask_url(plain_value(db_value) or '')}, the test database is {mask_url(database_url)}): "
+            "an env_prefix, an alias or a validator? the settings must take the test stack's URL"
+        )
+    if redis_value is not None and (plain_value(redis_value) or "").rstrip("/") != redis_url.rstrip("/"):
+        raise ConfigError(
+            f"the settings class {spec} does not read REDIS_URL from the environment as the plugin exported it "
+            f"(it has {mask_url(plain_value(redis_value) or '')}, the test index is {mask_url(redis_url)}); "
+            "the settings must take the test stack's URL"
+        )
+
+
+def load_app(config: PluginConfig) -> Any:
+    """The project's FastAPI app: the object dashtam_app names, or what the factory it names returns."""
+    if config.app is None:
+        raise ConfigError(
+            "the client fixture needs the project's ASGI app: set dashtam_app = 'myapp.main:app' in "
+            "[tool.pytest.ini_options] (or --dashtam-app / DASHTAM_APP)"
+        )
+    target = import_object(config.app, "app")
+    if not hasattr(target, "dependency_overrides"):
+        if not callable(target):
+            raise ConfigError(f"dashtam_app={config.app!r} is neither an ASGI app nor an app factory")
+        target = target()  # a factory: build the app once for the session
+    if not hasattr(target, "dependency_overrides"):
+        raise ConfigError(
+            f"dashtam_app={config.app!r} did not give a FastAPI app (no dependency_overrides); "
+            "point it at the app or at a function returning it"
+        )
+    return target
+
+
+def load_dependencies(config: PluginConfig) -> tuple[Any, Any]:
+    """(session dependency, Redis dependency) the project named for `client` to override; None where unnamed."""
+    session_dep = import_object(config.session_dependency, "session_dependency") if config.session_dependency else None
+    redis_dep = import_object(config.redis_dependency, "redis_dependency") if config.redis_dependency else None
+    return session_dep, redis_dep

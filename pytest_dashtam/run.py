@@ -1,0 +1,510 @@
+"""One process's session: open (stack, leases, URLs, guard), prepare (settings, template, clone), finish.
+
+`DashtamRun` does each step once per process and remembers the outcome, a failure included: every test that
+needs the stack then errors with the same one-line message while other tests still run. Under xdist the
+controller starts the stack before it spawns the workers and hands it to them in their environment; each
+worker leases its own database and Redis index on it; the controller stops the stack after the last worker
+is gone, so a crashed worker cannot keep it up and no worker waits for another.
+
+No pytest import here: plugin.py and fixtures.py pass plain values in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pytest_dashtam.backends.base import Backend, BackendName, BackendOptions, Stack
+from pytest_dashtam.config import PluginConfig
+from pytest_dashtam.environment import HANDOFF_ENV, Handoff, app_environment, export_env, restore_env
+from pytest_dashtam.errors import BackendError, ConfigError
+from pytest_dashtam.isolation import CONNECTIONS_PER_WORKER, run_async
+from pytest_dashtam.project import check_settings_point_at, import_object, load_settings
+from pytest_dashtam.report import Timings
+from pytest_dashtam.urls import host_port, libpq_url, mask_url
+
+Role = Literal["solo", "controller", "worker"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What one worker got: the stack, its checked settings, its database and Redis index."""
+
+    stack: Stack
+    settings: Any
+    database: str
+    database_url: str  # the application's URL of this worker's database (its own driver)
+    redis_url: str  # redis://.../N of this worker's index
+    redis_index: int
+    template: str
+    template_hash: str
+    cache_hit: bool
+    tuning: Mapping[str, str]
+    backend_reason: str
+
+
+class DashtamRun:
+    """One process's view of the session.
+
+    `open()` runs before any conftest imports the application: it starts (or receives) the stack, leases
+    this process's database name and Redis index, exports the application's URLs and installs the
+    connection guard, so that import-time engines, clients and settings land on the stack. `prepare()`
+    (after collection, when a test needs it) checks the application's settings, builds or reuses the
+    template and clones this process's database. `finish()` drops what it made, releases the leases and
+    stops what it started. A failure is remembered: every test that needs the stack errors with it.
+    """
+
+    def __init__(
+        self,
+        config: PluginConfig,
+        *,
+        role: Role = "solo",
+        worker: str | None = None,
+        worker_count: int = 1,
+        handoff: Handoff | None = None,
+        get_backend: Callable[[BackendName, BackendOptions], Backend] | None = None,
+    ) -> None:
+        self.config = config
+        self.role: Role = role
+        self.worker = worker
+        self.worker_number = int(worker[2:]) if worker and worker[2:].isdigit() else 0
+        self.worker_count = worker_count
+        self.handoff = handoff
+        self.run_id = handoff.run_id if handoff is not None else uuid.uuid4().hex[:10]
+        self.owner = f"r{self.run_id}" + (f"_{worker}" if worker else "")
+        self.timings = Timings()
+        self._get_backend = get_backend
+        self._prepared: Prepared | None = None
+        self._error: BaseException | None = None
+        self._backend: Backend | None = None
+        self._started_here = False
+        self._saved_env: dict[str, str | None] = {}
+        self.stack: Stack | None = None
+        self.backend_reason = ""
+        self.database = ""
+        self.redis_index: int | None = None
+        self.leases: Any = None  # leases.Leases, held from open() to finish()
+        self.guard: Any = None  # guard.ConnectionGuard, installed from open() to finish()
+        self.notes: list[str] = []
+        self.cleaner: Any = None  # isolation.TableCleaner, read from the fresh clone (see _read_clone)
+        self._finished = False
+        self._outer_guard: Any = None
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    @property
+    def prepared(self) -> Prepared | None:
+        return self._prepared
+
+    # --- before the application is imported ---
+    def open(self) -> None:
+        """Stack, leases, exported URLs and the guard; a failure is remembered, the guard still installed."""
+        try:
+            self._open()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._install_guard()
+
+    def _open(self) -> None:
+        config = self.config
+        with self.timings.measure("start"):
+            if self.handoff is not None:
+                self.stack, self.backend_reason = self.handoff.stack, self.handoff.backend_reason
+            else:
+                self.stack = self._start_stack()
+        stack = self.stack
+        with self.timings.measure("safety"):
+            from pytest_dashtam.leases import Leases
+
+            self.leases = Leases(stack.postgres_url, stack.redis_url if self.role != "controller" else None, self.owner)
+            self.leases.open()
+            if self.role == "controller":
+                self._check_capacity(stack)
+                if config.rebuild:
+                    self._drop_templates(stack)
+            if self.role != "controller":
+                # First, so that a run that cannot have an index of its own changes nothing on the servers.
+                first = config.redis_index + self.worker_number
+                self.redis_index = self.leases.claim_redis_index(
+                    first, databases=stack.redis_databases, skip=(config.dev_redis_index,)
+                )
+                if self.redis_index != first:
+                    self.notes.append(f"Redis index {first} is held or not empty: using {self.redis_index}")
+            if self.role != "worker":
+                reclaimed = self.leases.reclaim_databases(config.test_database, dev_database=config.dev_database)
+                if reclaimed:
+                    self.notes.append(f"reclaimed {len(reclaimed)} database(s) of dead runs: {', '.join(reclaimed)}")
+            base = config.test_database if self.handoff is None else f"{self.handoff.base_database}_{self.worker}"
+            # On a server the plugin created from nothing for the tests, what the image made there (a compose
+            # file's POSTGRES_DB) is the plugin's; on anyone else's server, a foreign database is never used.
+            self.database = self.leases.claim_database(
+                base, adopt_unstamped=stack.owns_servers, dev_database=config.dev_database
+            )
+            if self.database != base:
+                self.notes.append(f"{base} is held by a live run or is not the plugin's: using {self.database}")
+        if self.role == "controller":
+            os.environ[HANDOFF_ENV] = Handoff(
+                stack, self.database, self.run_id, os.getpid(), self.backend_reason
+            ).to_env()
+        self._saved_env.update(export_env(self.app_environment()))
+
+    def app_environment(self) -> dict[str, str]:
+        """DATABASE_URL / REDIS_URL for the application, under every spelling the env file used."""
+        if self.stack is None:
+            return {}
+        return app_environment(self.config.env_values, self.stack, self.database, self.redis_index)
+
+    def _install_guard(self) -> None:
+        from pytest_dashtam.guard import ConnectionGuard, Target, active_guard
+
+        # A pytest run inside a pytest run (pytester's in-process runs): the outer run's guard comes back after.
+        self._outer_guard = active_guard()
+
+        stack = self.stack
+        postgres = redis = None
+        if stack is not None and self._error is None:
+            postgres = Target(*host_port(stack.postgres_url))
+            redis = Target(*host_port(stack.redis_url))
+        self.guard = ConnectionGuard(
+            postgres=postgres,
+            redis=redis,
+            hint="take the URLs from the environment the plugin exported (DATABASE_URL, REDIS_URL) or from the "
+            "dashtam_settings fixture, not from a fixed address",
+        )
+        if postgres is not None:
+            self.guard.allow_database(self.database)
+        if redis is not None and self.redis_index is not None:
+            self.guard.allow_redis_index(self.redis_index)
+        self.guard.install()
+
+    def _start_stack(self) -> Stack:
+        from pytest_dashtam import backends
+
+        backend, self.backend_reason = backends.select_backend(
+            self.config.backend,
+            backend_options(self.config),
+            chosen_by=self.config.source("backend"),
+            make=self._get_backend or backends.get_backend,
+        )
+        self._backend = backend
+        stack = backend.start()
+        # Only a stack this call brought up is ours to stop (not one attached to, not an external server).
+        self._started_here = stack.started
+        return stack
+
+    def _template_built(self, stack: Stack) -> None:
+        """Tell the backend (a worker asks a backend of its own: it did not start the stack)."""
+        from pytest_dashtam import backends
+
+        backend = self._backend or (self._get_backend or backends.get_backend)(
+            stack.backend, backend_options(self.config)
+        )
+        backend.template_built(stack)
+
+    def _drop_templates(self, stack: Stack) -> None:
+        """--dashtam-rebuild under xdist: the workers must all build (the first) or reuse (the others) one
+        new template, so the old ones go before any worker starts."""
+        from pytest_dashtam import schema
+
+        run_async(
+            lambda: schema.drop_templates(
+                stack.postgres_url, test_db=self.config.test_database, dev_database=self.config.dev_database
+            )
+        )
+
+    # --- after collection ---
+    def prepare(self) -> Prepared:
+        """Check, build/reuse the template, clone: once; a failure is remembered and re-raised."""
+        if self._prepared is not None:
+            return self._prepared
+        if self._error is not None:
+            raise self._error
+        try:
+            self._prepared = self._prepare()
+        except BaseException as exc:
+            self._error = exc
+            raise
+        return self._prepared
+
+    def _prepare(self) -> Prepared:
+        from pytest_dashtam import safety
+
+        config = self.config
+        stack = self.stack
+        if stack is None or self.redis_index is None:
+            raise BackendError("the test stack was not opened in this process")
+        exported = self.app_environment()
+        database_url, redis_url = exported["DATABASE_URL"], exported["REDIS_URL"]
+        settings = None
+        with self.timings.measure("safety"):
+            if config.settings is not None:
+                settings = load_settings(config.settings, config.env_file)
+                safety.raise_for(
+                    safety.check_settings(
+                        settings,
+                        dev_database=config.dev_database,
+                        dev_redis_index=config.dev_redis_index,
+                        redis_databases=stack.redis_databases,
+                        allowed_hosts=config.allowed_hosts,
+                    )
+                )
+                check_settings_point_at(settings, config.settings, database_url, redis_url)
+        with self.timings.measure("template"):
+            template = self._template(stack)
+        with self.timings.measure("clone"):
+            tuning, self.cleaner = run_async(lambda: self._clone(stack, template.name, database_url, redis_url))
+        return Prepared(
+            stack=stack,
+            settings=settings,
+            database=self.database,
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_index=self.redis_index,
+            template=template.name,
+            template_hash=template.hash,
+            cache_hit=template.cache_hit,
+            tuning=tuning,
+            backend_reason=self.backend_reason,
+        )
+
+    def _template(self, stack: Stack) -> Any:
+        from pytest_dashtam import schema
+
+        config = self.config
+        metadata = None
+        if config.alembic_ini is None:
+            if config.metadata is None:
+                raise ConfigError(
+                    "no schema source: dashtam_alembic_ini is empty and dashtam_metadata is not set; name the "
+                    "project's alembic.ini, or its SQLAlchemy metadata (e.g. myapp.models:Base.metadata)"
+                )
+            metadata = import_object(config.metadata, "metadata")
+        alembic_ini = str(config.alembic_ini) if config.alembic_ini else None
+        # The template is part of this run's stack: the plugin's own checks on it pass the guard.
+        name = schema.template_name(config.test_database, schema.template_hash(alembic_ini, metadata))
+        if self.guard is not None:
+            self.guard.allow_database(name)
+        result = run_async(
+            lambda: schema.ensure_template(
+                stack.postgres_url,
+                test_db=config.test_database,
+                alembic_ini=alembic_ini,
+                metadata=metadata,
+                rebuild=config.rebuild and self.role == "solo",
+                owner_tuning=stack.owns_servers and bool(stack.tuning),
+                dev_database=config.dev_database,
+            )
+        )
+        if not result.cache_hit:
+            self._template_built(stack)
+        return result
+
+    def _check_capacity(self, stack: Stack) -> None:
+        """Enough connections for every worker, or a clear error before anything is made."""
+        count = self.worker_count
+        if count <= 1:
+            return
+        needed = count * CONNECTIONS_PER_WORKER
+        free = run_async(lambda: _free_connections(stack.postgres_url))
+        if free is not None and needed > free:
+            raise ConfigError(
+                f"{count} workers need up to {needed} PostgreSQL connections ({CONNECTIONS_PER_WORKER} each) "
+                f"but the server at {mask_url(stack.postgres_url)} has {free} free; use fewer workers (-n) "
+                "or raise max_connections"
+            )
+
+    async def _clone(self, stack: Stack, template: str, database_url: str, redis_url: str) -> tuple[Any, Any]:
+        """(tuning, cleaner): this worker's database cloned and read, its Redis index emptied, in one loop.
+
+        The Redis flush runs while PostgreSQL copies the template, and one connection to the new database
+        serves both the tuning read-back and the cleaner's catalog read (the first connections to a
+        brand-new database are the expensive ones).
+        """
+        from pytest_dashtam import schema
+
+        flush = asyncio.ensure_future(self._flush_redis(redis_url))
+        try:
+            await schema.create_test_database(
+                stack.postgres_url,
+                self.database,
+                template=template,
+                per_database_tuning=True,
+                dev_database=self.config.dev_database,
+            )
+            tuning, cleaner = await _read_clone(database_url)
+        except BaseException:
+            flush.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await flush
+            raise
+        await flush
+        return tuning, cleaner
+
+    async def _flush_redis(self, redis_url: str, *, release: bool = False) -> None:
+        """Start from an empty index (what conftests wrote at import time is gone before the first test);
+        `release`: end with one, the stamp gone too."""
+        from redis.asyncio import Redis
+
+        from pytest_dashtam.leases import flush_owned_index
+
+        assert self.redis_index is not None
+        client = Redis.from_url(redis_url, client_name=f"pytest-dashtam-{self.owner}")
+        try:
+            await flush_owned_index(client, self.redis_index, self.owner, release=release)
+        finally:
+            await client.aclose()
+
+    # --- the end ---
+    def finish(self) -> list[str]:
+        """Drop this process's database, release the leases, stop what it started; problems come back as text."""
+        problems: list[str] = []
+        if self._finished:  # the session's end, then the exit handler: once
+            return problems
+        self._finished = True
+        with self.timings.measure("teardown"):
+            prepared = self._prepared
+            stopping = self._started_here and self._backend is not None and not self.config.keep
+            # Skipped only when the stack this process started, owns and is about to stop is thrown away with
+            # its files, and the local backend will not keep the cluster as the next runs' seed (it does
+            # after a run that built the template). If the stop fails, the DROP is done after all.
+            discard = stopping and prepared is not None and prepared.stack.owns_servers and prepared.cache_hit
+            if prepared is not None and not self.config.keep and not discard:
+                problems.extend(self._drop(prepared))
+            if prepared is not None and not self.config.keep and not (stopping and prepared.stack.owns_servers):
+                try:
+                    run_async(lambda: self._flush_redis(prepared.redis_url, release=True))
+                except Exception as exc:
+                    problems.append(f"could not empty the Redis index {prepared.redis_index}: {exc}")
+            if self.guard is not None:
+                self.guard.uninstall()
+                if self._outer_guard is not None:
+                    self._outer_guard.install()
+            if self.leases is not None:
+                self.leases.close()
+            if stopping and self._backend is not None:
+                try:
+                    self._backend.stop()
+                except Exception as exc:
+                    problems.append(f"could not stop the {self._backend.name} stack: {exc}")
+                    if discard and prepared is not None:
+                        problems.extend(self._drop(prepared))
+            restore_env(self._saved_env)
+            self._saved_env = {}
+            if self.role == "controller":
+                os.environ.pop(HANDOFF_ENV, None)
+        return problems
+
+    def _drop(self, prepared: Prepared) -> list[str]:
+        from pytest_dashtam import schema
+
+        try:
+            run_async(
+                lambda: schema.drop_test_database(
+                    prepared.stack.postgres_url, prepared.database, dev_database=self.config.dev_database
+                )
+            )
+        except Exception as exc:
+            return [f"could not drop the test database {prepared.database}: {exc}"]
+        return []
+
+    # --- reporting ---
+    def describe_stack(self) -> str:
+        """The header's line about the opened stack and what this process leased on it."""
+        stack = self.stack
+        if stack is None:
+            return "no stack"
+        where = (
+            f"backend={stack.backend} ({self.backend_reason}): PostgreSQL {stack.postgres_version} at "
+            f"{mask_url(stack.postgres_url)}, Redis {stack.redis_version} at {mask_url(stack.redis_url)}"
+        )
+        if self.role == "controller":
+            return f"{where}; workers lease {self.database}_gwN and their own Redis indexes"
+        return f"{where}; leased: database {self.database}, Redis index {self.redis_index} (owner {self.owner})"
+
+    def report(self) -> dict[str, Any]:
+        """What the header/summary prints about the running stack (JSON-able, for xdist's controller)."""
+        p = self._prepared
+        if p is None:
+            return {"error": str(self._error)} if self._error is not None else {}
+        return {
+            "backend": p.stack.backend,
+            "backend_reason": p.backend_reason,
+            "postgres": f"PostgreSQL {p.stack.postgres_version} at {mask_url(p.stack.postgres_url)}",
+            "redis": f"Redis {p.stack.redis_version} at {mask_url(p.stack.redis_url)}",
+            "database": p.database,
+            "redis_index": p.redis_index,
+            "template": p.template,
+            "cache_hit": p.cache_hit,
+            "tuning": dict(p.tuning),
+            "timings": self.timings.phases,
+            "notes": list(self.notes),
+        }
+
+
+def backend_options(config: PluginConfig) -> BackendOptions:
+    """The backends' view of the plugin's configuration."""
+    kwargs: dict[str, Any] = {}
+    if config.timeout is not None:
+        kwargs["timeout"] = config.timeout
+    return BackendOptions(
+        env="test",
+        project_root=config.root,
+        keep=config.keep,
+        postgres_url=config.postgres_url,
+        redis_url=config.redis_url,
+        compose_files=config.compose_files,
+        project_name=config.compose_project,
+        env_file=str(config.env_file),
+        postgres_bin=config.postgres_bin,
+        redis_bin=config.redis_bin,
+        **kwargs,
+    )
+
+
+# What schema.read_tuning reads, in one query: the clone's own connection reads it together with the catalog.
+_TUNING_SQL = (
+    "SELECT current_setting('fsync') AS fsync, current_setting('full_page_writes') AS full_page_writes, "
+    "current_setting('synchronous_commit') AS synchronous_commit"
+)
+
+
+async def _read_clone(database_url: str) -> tuple[dict[str, str], Any]:
+    """(the tuning in effect on the new database, its TableCleaner), on one connection to it.
+
+    The cleaner is read here, from the fresh clone, not on the first real-commit test: it records the
+    sequence positions and seeded rows that cleanup restores, and by then earlier tests' rolled-back
+    inserts would have moved the sequences (nextval is not transactional).
+    """
+    import asyncpg
+
+    from pytest_dashtam.isolation import TableCleaner
+
+    conn = await asyncpg.connect(libpq_url(database_url), timeout=10)
+    try:
+        row = await conn.fetchrow(_TUNING_SQL)
+        tuning = {key: str(value) for key, value in dict(row or {}).items()}
+        return tuning, await TableCleaner.load(conn)
+    finally:
+        await conn.close()
+
+
+async def _free_connections(admin_url: str) -> int | None:
+    import asyncpg
+
+    conn = await asyncpg.connect(libpq_url(admin_url), timeout=10)
+    try:
+        row = await conn.fetchrow(
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+            " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS free"
+        )
+        return int(row["free"]) if row is not None else None
+    finally:
+        await conn.close()

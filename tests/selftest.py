@@ -1,0 +1,96 @@
+"""What this repository's self-tests share: the servers they run against and the outer run's guard.
+
+The outer run is itself a pytest-dashtam run whose connection guard refuses connections outside its own
+stack (tests/conftest.py lifts it for the plugin's own tests). Session fixtures that start or plant servers
+run before that autouse fixture, so they lift it themselves with `suspended_guard()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+import psycopg
+
+from pytest_dashtam.backends import get_backend
+from pytest_dashtam.backends.base import BackendOptions
+from pytest_dashtam.guard import active_guard
+
+# Databases every machine of this kind has (someone's data), which no test may touch. A private stack gets
+# them too, so that the checks that they stay untouched have something to look at wherever the tests run.
+MACHINE_DATABASES = ("test", "root", "postgres")
+
+
+class Servers(NamedTuple):
+    """An admin PostgreSQL URL and a Redis URL (no index) the self-tests may create their own things on."""
+
+    postgres_url: str
+    redis_url: str
+    private: bool  # a stack this session started (nobody else on it), not servers named by the environment
+    # The same PostgreSQL over its Unix socket (`postgresql://user@/postgres?host=DIR&port=N`), when known.
+    postgres_socket_url: str | None = None
+
+
+def suspended_guard() -> contextlib.AbstractContextManager[None]:
+    """The outer run's guard lifted for a session fixture (set up before tests/conftest.py's autouse one)."""
+    guard = active_guard()
+    return guard.suspended() if guard is not None else contextlib.nullcontext()
+
+
+def named_servers() -> Servers | None:
+    """The servers DASHTAM_POSTGRES_URL / DASHTAM_REDIS_URL name (CI's or yours), if both are given."""
+    postgres_url, redis_url = os.environ.get("DASHTAM_POSTGRES_URL"), os.environ.get("DASHTAM_REDIS_URL")
+    if postgres_url and redis_url:
+        return Servers(
+            postgres_url, redis_url.rstrip("/"), private=False, postgres_socket_url=_debian_socket(postgres_url)
+        )
+    return None
+
+
+def _debian_socket(postgres_url: str) -> str | None:
+    """Debian's packaged server listens on /var/run/postgresql too: the socket form of a URL naming it."""
+    parts = urlsplit(postgres_url)
+    port = parts.port or 5432
+    if parts.hostname not in ("127.0.0.1", "localhost") or not Path(f"/var/run/postgresql/.s.PGSQL.{port}").exists():
+        return None
+    return f"postgresql://{parts.username or 'postgres'}@/postgres?host=/var/run/postgresql&port={port}"
+
+
+@contextlib.contextmanager
+def private_servers(root: Path) -> Iterator[Servers]:
+    """A local-backend stack of this session's own under `root`, with the machine's databases planted on it."""
+    backend = get_backend("local", BackendOptions(env="test", project_root=root, state_dir=root / "state"))
+    with suspended_guard():
+        stack = backend.start()
+    try:
+        local = stack.local
+        socket_url = None
+        if local is not None:
+            user = urlsplit(stack.postgres_url).username or "postgres"
+            socket_url = f"postgresql://{user}@/postgres?host={local.socket_dir}&port={local.postgres_port}"
+        servers = Servers(stack.postgres_url, stack.redis_url.rstrip("/"), private=True, postgres_socket_url=socket_url)
+        with suspended_guard():
+            _plant_machine_databases(servers.postgres_url)
+        yield servers
+    finally:
+        with suspended_guard():
+            backend.stop()
+
+
+def _plant_machine_databases(postgres_url: str) -> None:
+    """`test` and `root` as the machine has them: unstamped databases holding someone's rows."""
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        existing = {r[0] for r in admin.execute("SELECT datname FROM pg_database").fetchall()}
+        for name in MACHINE_DATABASES:
+            if name not in existing:
+                admin.execute(f'CREATE DATABASE "{name}"')
+    for name in MACHINE_DATABASES:
+        if name == "postgres" or name in existing:
+            continue
+        with psycopg.connect(postgres_url, dbname=name, autocommit=True) as conn:
+            conn.execute("CREATE TABLE someones_data (v text)")
+            conn.execute("INSERT INTO someones_data VALUES ('someone else''s row')")
