@@ -46,9 +46,12 @@ test-setup: $(STAMP)
 
 test-clean: test-down
 
-## The test suite: the plugin brings the test stack up, checks it, and takes it down.
+## The test suite: the plugin brings the test stack up, checks it, and takes it down. Two xdist workers by
+## default (worksteal: the long plugin and compose tests are rebalanced); PYTEST_WORKERS=0 runs it in one
+## process, PYTEST_ARGS adds any pytest arguments (a later -n wins too).
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pytest_dashtam src tests bench

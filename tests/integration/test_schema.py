@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 import pytest_asyncio
-from selftest import MACHINE_DATABASES, Servers
+from selftest import MACHINE_DATABASES, Servers, suspended_guard
 
 from pytest_dashtam import schema
 from pytest_dashtam.errors import ConfigError, SafetyError, SchemaError
@@ -128,6 +128,30 @@ async def test_db(pg: Postgres) -> AsyncIterator[str]:
         await conn.close()
     assert await pg.foreign_snapshot() == before, "a foreign database changed"
     assert set(before) == set(FOREIGN)
+
+
+@dataclass(frozen=True)
+class SharedTemplate:
+    """One template of the repo's migrations for the session: for tests that only clone from one."""
+
+    test_db: str  # the base name it was built for
+    name: str
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_template(pg: Postgres) -> AsyncIterator[SharedTemplate]:
+    base = f"dashtam_test_shared{secrets.token_hex(4)}"
+    with suspended_guard():
+        built = await schema.ensure_template(pg.url, test_db=base, alembic_ini=ALEMBIC_INI, metadata=None)
+    yield SharedTemplate(base, built.name)
+    with suspended_guard():
+        conn = await pg.admin()
+        try:
+            for dbname, comment in (await pg.databases(base)).items():
+                if comment is not None and comment.startswith(OWNERSHIP_COMMENT_PREFIX):
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        finally:
+            await conn.close()
 
 
 @pytest.fixture
@@ -356,8 +380,10 @@ async def test_unstamped_database_with_the_template_name_is_refused(pg: Postgres
 
 
 @pytest.mark.asyncio
-async def test_clone_is_migrated_stamped_tuned_and_fresh_each_time(pg: Postgres, test_db: str) -> None:
-    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+async def test_clone_is_migrated_stamped_tuned_and_fresh_each_time(
+    pg: Postgres, test_db: str, shared_template: SharedTemplate
+) -> None:
+    template = shared_template
     clone = f"{test_db}_gw0"
     server_fsync = await pg.fetchval("postgres", "SHOW fsync")
     # What the server runs with (a private stack is tuned server-wide, the machine's server is not).
@@ -394,8 +420,8 @@ async def _database_settings(pg: Postgres, name: str) -> list[str]:
 
 
 @pytest.mark.asyncio
-async def test_clones_for_two_workers_at_once(pg: Postgres, test_db: str) -> None:
-    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+async def test_clones_for_two_workers_at_once(pg: Postgres, test_db: str, shared_template: SharedTemplate) -> None:
+    template = shared_template
     names = [f"{test_db}_gw{i}" for i in range(2)]
     await asyncio.gather(
         *(schema.create_test_database(pg.url, n, template=template.name, per_database_tuning=True) for n in names)
@@ -404,11 +430,18 @@ async def test_clones_for_two_workers_at_once(pg: Postgres, test_db: str) -> Non
 
 
 @pytest.mark.asyncio
-async def test_clone_reachable_over_unix_socket(pg: Postgres, servers: Servers, test_db: str) -> None:
+async def test_clone_reachable_over_unix_socket(
+    pg: Postgres, servers: Servers, test_db: str, shared_template: SharedTemplate
+) -> None:
     socket_admin = servers.postgres_socket_url
     if socket_admin is None:
         pytest.skip("the servers' Unix socket is not known (DASHTAM_POSTGRES_URL names a server that has none here)")
-    template = await schema.ensure_template(socket_admin, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    # The session's template, found (and checked) over the socket: a cache hit.
+    template = await schema.ensure_template(
+        socket_admin, test_db=shared_template.test_db, alembic_ini=ALEMBIC_INI, metadata=None
+    )
+    assert template.cache_hit
+    assert template.name == shared_template.name
     clone = f"{test_db}_gw0"
     await schema.create_test_database(socket_admin, clone, template=template.name, per_database_tuning=True)
 
@@ -426,8 +459,10 @@ async def test_clone_reachable_over_unix_socket(pg: Postgres, servers: Servers, 
 
 
 @pytest.mark.asyncio
-async def test_drop_test_database_drops_ours_even_while_connected(pg: Postgres, test_db: str) -> None:
-    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+async def test_drop_test_database_drops_ours_even_while_connected(
+    pg: Postgres, test_db: str, shared_template: SharedTemplate
+) -> None:
+    template = shared_template
     clone = f"{test_db}_gw0"
     await schema.create_test_database(pg.url, clone, template=template.name, per_database_tuning=False)
     holder = await asyncpg.connect(schema.database_url(pg.url, clone, driver="postgresql"))
@@ -440,14 +475,16 @@ async def test_drop_test_database_drops_ours_even_while_connected(pg: Postgres, 
 
 
 @pytest.mark.asyncio
-async def test_unstamped_test_named_database_is_never_dropped(pg: Postgres, test_db: str) -> None:
+async def test_unstamped_test_named_database_is_never_dropped(
+    pg: Postgres, test_db: str, shared_template: SharedTemplate
+) -> None:
     foreign = f"dashtam_test_foreign_{secrets.token_hex(4)}"
     conn = await pg.admin()
     try:
         await conn.execute(f'CREATE DATABASE "{foreign}"')
         try:
             await pg.execute(foreign, "CREATE TABLE precious (v int); INSERT INTO precious VALUES (42)")
-            template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+            template = shared_template
             with pytest.raises(SafetyError, match=f"refusing to drop database '{foreign}'"):
                 await schema.drop_test_database(pg.url, foreign)
             with pytest.raises(SafetyError, match="not created by pytest-dashtam"):
@@ -513,10 +550,12 @@ async def test_env_py_that_leaks_its_connection_does_not_block_clones(
 
 
 @pytest.mark.asyncio
-async def test_check_owned_or_absent_on_the_live_server(pg: Postgres, test_db: str) -> None:
+async def test_check_owned_or_absent_on_the_live_server(
+    pg: Postgres, test_db: str, shared_template: SharedTemplate
+) -> None:
     from pytest_dashtam.safety import check_owned_or_absent
 
-    template = await schema.ensure_template(pg.url, test_db=test_db, alembic_ini=ALEMBIC_INI, metadata=None)
+    template = shared_template
     conn = await pg.admin()
     try:
         assert await check_owned_or_absent(conn, f"{test_db}_absent") is None

@@ -36,6 +36,9 @@ class Foreign:
     redis_url: str
     databases: list[str] = field(default_factory=list)
     redis_index: int | None = None
+    # This planting's own key prefix: another test (another worker, another checkout) may pick the same free
+    # index at the same moment and plant its own keys there, so only these are checked and cleaned up.
+    tag: str = field(default_factory=lambda: secrets.token_hex(4))
 
     def admin(self) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(self.postgres_url, autocommit=True)
@@ -67,12 +70,12 @@ class Foreign:
         raise AssertionError("no free Redis index on the shared server for the foreign data")
 
     def plant_redis(self, index: int, keys: int = 50) -> None:
-        """`keys` keys of someone else's in index `index` (which must be empty and unleased)."""
+        """`keys` keys of someone else's in index `index` (found empty and unleased; another test may plant its
+        own there too at the same moment, which makes it no less foreign to the run under test)."""
         self.redis_index = index
         client = self.redis(index)
-        tag = secrets.token_hex(4)
         for i in range(keys):
-            client.set(f"someone:{tag}:{i}", f"value {i}")
+            client.set(f"someone:{self.tag}:{i}", f"value {i}")
 
     def checksum(self) -> dict[str, Any]:
         """What the run must leave exactly as it was."""
@@ -88,7 +91,7 @@ class Foreign:
             result[f"db:{name}"] = database_digest(self.postgres_url, name)
         if self.redis_index is not None:
             client = self.redis(self.redis_index)
-            result["redis"] = sorted((k, client.get(k)) for k in client.keys("*"))
+            result["redis"] = sorted((k, client.get(k)) for k in client.keys(f"someone:{self.tag}:*"))
         return result
 
     def cleanup(self) -> None:
@@ -97,7 +100,7 @@ class Foreign:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if self.redis_index is not None:
             client = self.redis(self.redis_index)
-            keys = client.keys("someone:*")
+            keys = client.keys(f"someone:{self.tag}:*")
             if keys:
                 client.delete(*keys)
 

@@ -10,8 +10,13 @@ tests read the name and index a run really took from its report instead of assum
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +44,65 @@ class Taken(NamedTuple):
     redis_index: int
 
 
+def inner_environment(postgres_url: str, redis_url: str, tmpdir: Path) -> dict[str, str | None]:
+    """How an inner run's environment differs from the outer one's (None: unset)."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("DASHTAM_", "PYTEST_XDIST"))}
+    env.update(DASHTAM_BACKEND="external", DASHTAM_POSTGRES_URL=postgres_url, DASHTAM_REDIS_URL=redis_url)
+    # tempfile.gettempdir() of the inner run: nothing it leaves there meets another run's.
+    env["TMPDIR"] = str(tmpdir)
+    # An inner run keeps its bytecode caches as a user's run does (pytest's rewritten plugin modules included),
+    # even where the outer shell turned writing them off: otherwise every inner run compiles them again.
+    env["PYTHONDONTWRITEBYTECODE"] = None
+    return env
+
+
+def copy_example(root: Path, database: str, name: str = "basic") -> None:
+    """examples/`name` copied to `root`, its env file naming test database `database`."""
+    shutil.copytree(EXAMPLES / name, root, dirs_exist_ok=True)
+    if (root / ".env.test").exists():
+        write_env_file(root, DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}")
+
+
+def write_env_file(root: Path, **values: str) -> None:
+    """Rewrite the project's .env.test with these variables changed."""
+    path = root / ".env.test"
+    lines = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
+    lines += [f"{k}={v}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_apart(root: Path, changes: Mapping[str, str | None], *args: str) -> pytest.RunResult:
+    """An inner run of the project at `root` outside any test's pytester (for module-scoped setups)."""
+    env = {k: v for k, v in os.environ.items() if k not in changes}
+    env.update({k: v for k, v in changes.items() if v is not None})
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={root / '.basetemp'}", *args],
+        cwd=root,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,  # only a hang: a run takes seconds
+        check=False,
+    )
+    print(proc.stdout, proc.stderr, sep="\n--- stderr ---\n")  # shown when the outer test fails
+    lines = (proc.stdout.splitlines(), proc.stderr.splitlines())
+    return pytest.RunResult(proc.returncode, *lines, time.monotonic() - started)
+
+
+def drop_stamped(postgres_url: str, prefix: str) -> None:
+    """Drop the databases named `prefix...` that the plugin stamped (kept templates, a --dashtam-keep database)."""
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
+            "AND starts_with(shobj_description(oid, 'pg_database'), %s)",
+            (prefix, OWNERSHIP_COMMENT_PREFIX),
+        ).fetchall()
+        for (name,) in rows:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def taken(result: pytest.RunResult) -> list[Taken]:
     """The databases and Redis indexes the run's report says it used, one per process, in report order."""
     found = [_TAKEN.match(line) for line in result.stdout.lines]
@@ -60,20 +124,14 @@ class Inner:
         self.database = self.database or unique_name("plugin")
 
     def copy(self, name: str = "basic") -> Path:
-        shutil.copytree(EXAMPLES / name, self.pytester.path, dirs_exist_ok=True)
-        env = self.pytester.path / ".env.test"
-        if env.exists():
-            self.env_file(DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.database}")
-            # What test_basic.py's settings test expects the run to lease (a test may expect another name).
-            self.monkeypatch.setenv("INNER_EXPECT_DB", self.database)
+        copy_example(self.pytester.path, self.database, name)
+        # What test_basic.py's settings test expects the run to lease (a test may expect another name).
+        self.monkeypatch.setenv("INNER_EXPECT_DB", self.database)
         return self.pytester.path
 
     def env_file(self, **values: str) -> None:
         """Rewrite the inner .env.test with these variables changed."""
-        path = self.pytester.path / ".env.test"
-        lines = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
-        lines += [f"{k}={v}" for k, v in values.items()]
-        path.write_text("\n".join(lines) + "\n")
+        write_env_file(self.pytester.path, **values)
 
     def ini(self, **values: str) -> None:
         path = self.pytester.path / "pytest.ini"
@@ -127,11 +185,4 @@ class Inner:
 
     def cleanup(self) -> None:
         """Drop what this copy's runs left that the plugin stamped (kept templates, a --dashtam-keep database)."""
-        with self.admin() as admin:
-            rows = admin.execute(
-                "SELECT datname FROM pg_database WHERE starts_with(datname, %s) "
-                "AND starts_with(shobj_description(oid, 'pg_database'), %s)",
-                (self.database, OWNERSHIP_COMMENT_PREFIX),
-            ).fetchall()
-            for (name,) in rows:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_stamped(self.postgres_url, self.database)

@@ -11,15 +11,52 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
-from inner_project import Inner, Taken
+import redis
+from foreign import unique_name
+from inner_project import Inner, Taken, copy_example, drop_stamped, inner_environment, run_apart, taken
+from selftest import Servers, suspended_guard
 
 PLANTED_KEY = "pytest-dashtam-safety-test-planted"
 
 
+@pytest.fixture(scope="module")
+def kept(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Taken]:
+    """What an earlier run left with --dashtam-keep: its stamped database, a planted row in it, and its Redis
+    index with a planted key. Made once for the tests of this module (each checks it is untouched after)."""
+    root = tmp_path_factory.mktemp("kept")
+    database = unique_name("plugin")
+    copy_example(root, database)
+    changes = inner_environment(servers.postgres_url, servers.redis_url, tmp_path_factory.mktemp("tmp"))
+    changes["INNER_EXPECT_DB"] = database
+    with suspended_guard():
+        result = run_apart(root, changes, "test_basic.py", "-k", "settings", "--dashtam-keep")
+        result.assert_outcomes(passed=1)
+        (took,) = taken(result)
+        assert took.database == database
+        with psycopg.connect(servers.postgres_url, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (database,)
+            ).fetchone()
+        assert row is not None
+        assert str(row[0]).startswith("pytest-dashtam:")
+        with psycopg.connect(servers.postgres_url, dbname=database, autocommit=True) as conn:
+            conn.execute("INSERT INTO items (name) VALUES ('planted')")
+        index = redis.Redis.from_url(f"{servers.redis_url}/{took.redis_index}", decode_responses=True)
+        index.set(PLANTED_KEY, "1")
+    try:
+        yield took
+    finally:
+        with suspended_guard():
+            index.delete(PLANTED_KEY)
+            index.close()
+            drop_stamped(servers.postgres_url, database)  # created by this fixture's own run (stamped): ours
+
+
 @dataclass
 class Planted:
-    """A project whose earlier run kept its stamped database (a planted row in it) and its Redis index (a key)."""
+    """A copy of the project whose env file names the kept database (see `kept`)."""
 
     inner: Inner
     took: Taken
@@ -34,23 +71,13 @@ class Planted:
 
 
 @pytest.fixture
-def planted(inner: Inner) -> Iterator[Planted]:
+def planted(inner: Inner, kept: Taken) -> Planted:
     inner.copy()
-    kept, took = inner.run_taken("test_basic.py", "-k", "settings", "--dashtam-keep")
-    kept.assert_outcomes(passed=1)
-    assert took.database == inner.database
-    with inner.admin() as admin:
-        row = admin.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (took.database,)
-        ).fetchone()
-    assert row is not None
-    assert str(row[0]).startswith("pytest-dashtam:")
-    with inner.test_db(took.database) as conn:
-        conn.execute("INSERT INTO items (name) VALUES ('planted')")
-    inner.redis(took.redis_index).set(PLANTED_KEY, "1")
-    yield Planted(inner, took)
-    inner.redis(took.redis_index).delete(PLANTED_KEY)
-    # The kept database (stamped, created by this fixture's own run) goes with the inner fixture's cleanup.
+    inner.env_file(DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{kept.database}")
+    inner.monkeypatch.setenv("INNER_EXPECT_DB", kept.database)
+    planted = Planted(inner, kept)
+    planted.untouched()
+    return planted
 
 
 def _refused(result: pytest.RunResult, message: str) -> None:

@@ -77,6 +77,8 @@ class Todo:
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("DASHTAM_", "PYTEST_XDIST", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "TODO_"))
+            # Bytecode caches kept as in a user's run (see conftest.py's `inner`).
+            and k != "PYTHONDONTWRITEBYTECODE"
         }
         env["DASHTAM_BACKEND"] = backend
         if backend == "external":
