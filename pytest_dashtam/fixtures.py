@@ -1,4 +1,4 @@
-"""The fixtures: wiring only. The work lives in lifecycle.py (session) and isolation.py (per test).
+"""The fixtures: wiring only. The work lives in run.py (session) and isolation/ (per test).
 
 Session fixtures are synchronous, so they belong to no event loop; the function-scoped async fixtures
 (`db_session`, `redis_client`, `client`) run in the loop of the test that requests them (plugin.py tells

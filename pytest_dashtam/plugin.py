@@ -1,8 +1,8 @@
 """pytest-dashtam's hooks: options, configuration, markers, report lines and xdist glue. Hooks only.
 
 Loaded through the `pytest11` entry point (`dashtam`), or with `-p pytest_dashtam.plugin` / `-p pytest_dashtam`.
-The work happens in lifecycle.py (start, safety gate, template, clone, teardown) and isolation.py (per test);
-the fixtures are in fixtures.py, registered below.
+The work happens in run.py (start, safety gate, template, clone, teardown) and isolation/ (per test); the
+fixtures are in fixtures.py, registered below.
 
 Phases, as in pytest-django: the test env file is exported in `pytest_load_initial_conftests`, before any
 conftest imports the app; the configuration is validated in `pytest_configure` (a mistake is a
@@ -19,6 +19,7 @@ import gc
 import os
 import sys
 import warnings
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -26,10 +27,12 @@ import pytest
 from pytest_dashtam import __version__, fixtures
 from pytest_dashtam.config import OPTIONS, PluginConfig, build_config
 from pytest_dashtam.environment import Handoff, export_env, restore_env
-from pytest_dashtam.errors import ConfigError
+from pytest_dashtam.errors import ConfigError, SafetyError, SchemaError
 from pytest_dashtam.fixtures import CONFIG_ERROR_KEY, RUN_KEY, STACK_FIXTURES
+from pytest_dashtam.project import import_object
 from pytest_dashtam.report import PHASES, describe_report
 from pytest_dashtam.run import DashtamRun
+from pytest_dashtam.watchdog import Server, Watchdog
 
 CONFIG_KEY = pytest.StashKey[PluginConfig]()
 SAVED_ENV_KEY = pytest.StashKey[dict[str, "str | None"]]()
@@ -37,6 +40,10 @@ PROBLEMS_KEY = pytest.StashKey[list[str]]()
 FROZE_GC_KEY = pytest.StashKey[bool]()
 # The xdist controller: what its workers reported at the end (workeroutput), for the summary.
 WORKER_REPORTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
+WATCHDOG_KEY = pytest.StashKey[Watchdog]()
+_CURRENT_KEY = pytest.StashKey[dict[str, str]]()
+# What the watchdog waits for a silent server when no --dashtam-timeout is given.
+_DEFAULT_HANG_TIMEOUT = 30.0
 ENTRY_POINT_NAME = "dashtam"
 FIXTURES_PLUGIN_NAME = "dashtam-fixtures"
 
@@ -121,18 +128,7 @@ def _pure_checks(c: PluginConfig) -> None:
     """Every check that needs no server, before anything connects: a refusal is a UsageError (exit 4)."""
     from pytest_dashtam import safety
 
-    violations = safety.check_env_file(
-        c.env_values,
-        dev_database=c.dev_database,
-        dev_redis_index=c.dev_redis_index,
-        test_database=c.test_database,
-        redis_index=c.redis_index,
-    )
-    violations += safety.check_servers(
-        postgres_url=c.postgres_url if c.backend in ("auto", "external") else None,
-        redis_url=c.redis_url if c.backend in ("auto", "external") else None,
-        allowed_hosts=c.allowed_hosts,
-    )
+    violations = safety.check_config(c)
     if violations:
         raise pytest.UsageError("pytest-dashtam: " + "; ".join(v.message for v in violations))
 
@@ -173,6 +169,27 @@ def _load(config: pytest.Config, namespace: Any) -> None:
     # A run that dies before pytest's own cleanup (a conftest that fails to import) still takes its stack down.
     atexit.register(_finish_at_exit, run)
     run.open()
+    _refuse_misconfigured(run)
+
+
+# Errors of the user's configuration found only once the stack answers (an index the server lacks, a binary
+# the option names, a settings class that does not import, two Alembic heads, a failing migration): like
+# the checks that need no server, they stop the run with one line (exit 4) instead of erroring every test.
+_CONFIGURATION_ERRORS = (ConfigError, SafetyError, SchemaError)
+
+
+def _refuse_misconfigured(run: DashtamRun) -> None:
+    """A UsageError for a configuration error the run met, after taking down what it started.
+
+    An xdist worker keeps the error for its tests instead: a UsageError there would crash the worker, and the
+    controller already refused what it could see.
+    """
+    if run.role == "worker" or not isinstance(run.error, _CONFIGURATION_ERRORS):
+        return
+    error = run.error
+    with contextlib.suppress(Exception):
+        run.finish()
+    raise pytest.UsageError(f"pytest-dashtam: {error}") from None
 
 
 def _finish_at_exit(run: DashtamRun) -> None:
@@ -225,8 +242,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # --- preparing the stack after collection -------------------------------------------------------------------
 
 
+def _fixtures_used(items: list[pytest.Item]) -> set[str]:
+    return {name for item in items for name in getattr(item, "fixturenames", ())}
+
+
 def _needs_stack(items: list[pytest.Item]) -> bool:
-    return any(STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in items)
+    return bool(STACK_FIXTURES.intersection(_fixtures_used(items)))
 
 
 @pytest.hookimpl(trylast=True)
@@ -238,8 +259,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if not _needs_stack(session.items):
         return
+    if run.error is None and run.config.app is not None and "client" in _fixtures_used(session.items):
+        try:
+            import_object(run.config.app, "app")  # imported only: an app factory is called by the fixture
+        except ConfigError as exc:
+            if run.role != "worker":  # before the template is built: a refused run creates nothing
+                with contextlib.suppress(Exception):
+                    run.finish()
+                raise pytest.UsageError(f"pytest-dashtam: {exc}") from None
     with contextlib.suppress(Exception):  # remembered by run: every test that needs the stack errors with it
         run.prepare()
+    _refuse_misconfigured(run)
     if getattr(config, "workerinput", None) is None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
@@ -346,6 +376,52 @@ def _unfreeze_gc(config: pytest.Config) -> None:
     atexit.register(gc.freeze)
 
 
+# --- a server that stops answering stops the run (watchdog.py) ---------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_runtestloop")
+def pytest_runtestloop_watchdog(session: pytest.Session) -> Generator[None, object, object]:
+    """Ping the stack's servers while the tests run; one that stops answering interrupts the run."""
+    config = session.config
+    run = config.stash.get(RUN_KEY, None)
+    prepared = run.prepared if run is not None else None
+    if run is None or prepared is None:
+        return (yield)
+    running = config.stash[_CURRENT_KEY] = {"test": "the first test's setup"}
+    watchdog = config.stash[WATCHDOG_KEY] = Watchdog(
+        [
+            Server.from_url("PostgreSQL", prepared.stack.postgres_url),
+            Server.from_url("Redis", prepared.stack.redis_url),
+        ],
+        run.config.timeout or _DEFAULT_HANG_TIMEOUT,
+        current=lambda: running["test"],
+    )
+    watchdog.start()
+    try:
+        return (yield)
+    finally:
+        watchdog.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """After a failure, a server that is gone stops the run there, with one line, not a traceback per test."""
+    report = yield
+    watchdog = item.config.stash.get(WATCHDOG_KEY, None)
+    if report.failed and watchdog is not None and not item.session.shouldstop:
+        problem = watchdog.check_now()
+        if problem is not None:
+            item.session.shouldstop = f"pytest-dashtam: {problem}"
+    return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    running = item.config.stash.get(_CURRENT_KEY, None)
+    if running is not None:
+        running["test"] = item.nodeid
+
+
 # --- the end ------------------------------------------------------------------------------------------------
 
 
@@ -357,7 +433,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is None:
         return
-    problems = config.stash[PROBLEMS_KEY] = run.finish()
+    watchdog = config.stash.get(WATCHDOG_KEY, None)
+    problems = config.stash[PROBLEMS_KEY] = run.finish(servers_answer=watchdog is None or watchdog.fired is None)
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["dashtam_report"] = run.report()
@@ -388,6 +465,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             who = f"{report.get('database', '')}: " if len(reports) > 1 else ""
             hit = " (template cache hit)" if report.get("cache_hit") else " (template built)"
             lines.append(f"dashtam timings: {who}{', '.join(parts)}{hit}")
+    watchdog = config.stash.get(WATCHDOG_KEY, None)
+    if watchdog is not None and watchdog.fired:
+        lines.append(f"dashtam: {watchdog.fired}")
     if lines:
         terminalreporter.section("dashtam")
         for line in lines:

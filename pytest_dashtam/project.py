@@ -50,6 +50,7 @@ def load_settings(spec: str, env_file: Path) -> Any:
 
         if isinstance(cls, type) and issubclass(cls, BaseSettings):
             kwargs["_env_file"] = str(env_file)
+            cls = masked_settings_class(cls)
     except ImportError:  # pragma: no cover - pydantic-settings is a dependency
         pass
     try:
@@ -60,6 +61,27 @@ def load_settings(spec: str, env_file: Path) -> Any:
         raise ConfigError(
             f"the settings class {spec} refused the test env file {env_file}: {detail}; fix the env file"
         ) from exc
+
+
+def masked_settings_class(cls: type[Any]) -> type[Any]:
+    """A subclass of the project's settings class whose repr and str mask the password of every URL.
+
+    The instance the `dashtam_settings` fixture hands out is shown by pytest wherever a test that uses it
+    fails (assertion rewriting, --showlocals, JUnit XML, xdist reports), and the stack's URLs carry their
+    passwords; pydantic builds both texts from `__repr_args__`, so masking there covers them all. The
+    values themselves stay real (the tests connect with them) and `isinstance(settings, cls)` still holds.
+    """
+
+    def __repr_args__(self: Any) -> Any:
+        for name, value in super(masked, self).__repr_args__():
+            yield name, mask_urls_in(value) if isinstance(value, str) else value
+
+    masked: type[Any] = type(
+        cls.__name__,
+        (cls,),
+        {"__repr_args__": __repr_args__, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+    )
+    return masked
 
 
 def check_settings_point_at(settings: Any, spec: str, database_url: str, redis_url: str) -> None:

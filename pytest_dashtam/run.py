@@ -11,22 +11,22 @@ No pytest import here: plugin.py and fixtures.py pass plain values in.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pytest_dashtam.backends.base import Backend, BackendName, BackendOptions, Stack
+from pytest_dashtam import provision
+from pytest_dashtam.backends.base import Backend, Stack
 from pytest_dashtam.config import PluginConfig
 from pytest_dashtam.environment import HANDOFF_ENV, Handoff, app_environment, export_env, restore_env
-from pytest_dashtam.errors import BackendError, ConfigError
-from pytest_dashtam.isolation import CONNECTIONS_PER_WORKER, run_async
-from pytest_dashtam.project import check_settings_point_at, import_object, load_settings
+from pytest_dashtam.errors import BackendError
+from pytest_dashtam.isolation import run_async
+from pytest_dashtam.project import check_settings_point_at, load_settings
 from pytest_dashtam.report import Timings
-from pytest_dashtam.urls import host_port, libpq_url, mask_url
+from pytest_dashtam.stack import MakeBackend, backend_of, choose_backend
+from pytest_dashtam.urls import host_port, mask_url
 
 Role = Literal["solo", "controller", "worker"]
 
@@ -67,7 +67,7 @@ class DashtamRun:
         worker: str | None = None,
         worker_count: int = 1,
         handoff: Handoff | None = None,
-        get_backend: Callable[[BackendName, BackendOptions], Backend] | None = None,
+        get_backend: MakeBackend | None = None,
     ) -> None:
         self.config = config
         self.role: Role = role
@@ -91,7 +91,7 @@ class DashtamRun:
         self.leases: Any = None  # leases.Leases, held from open() to finish()
         self.guard: Any = None  # guard.ConnectionGuard, installed from open() to finish()
         self.notes: list[str] = []
-        self.cleaner: Any = None  # isolation.TableCleaner, read from the fresh clone (see _read_clone)
+        self.cleaner: Any = None  # isolation.TableCleaner, read from the fresh clone (see provision.read_clone)
         self._finished = False
         self._outer_guard: Any = None
 
@@ -127,9 +127,9 @@ class DashtamRun:
             self.leases = Leases(stack.postgres_url, stack.redis_url if self.role != "controller" else None, self.owner)
             self.leases.open()
             if self.role == "controller":
-                self._check_capacity(stack)
+                provision.check_capacity(stack, self.worker_count)
                 if config.rebuild:
-                    self._drop_templates(stack)
+                    provision.drop_templates(config, stack)
             if self.role != "controller":
                 # First, so that a run that cannot have an index of its own changes nothing on the servers.
                 first = config.redis_index + self.worker_number
@@ -186,39 +186,12 @@ class DashtamRun:
         self.guard.install()
 
     def _start_stack(self) -> Stack:
-        from pytest_dashtam import backends
-
-        backend, self.backend_reason = backends.select_backend(
-            self.config.backend,
-            backend_options(self.config),
-            chosen_by=self.config.source("backend"),
-            make=self._get_backend or backends.get_backend,
-        )
+        backend, self.backend_reason = choose_backend(self.config, self._get_backend)
         self._backend = backend
         stack = backend.start()
         # Only a stack this call brought up is ours to stop (not one attached to, not an external server).
         self._started_here = stack.started
         return stack
-
-    def _template_built(self, stack: Stack) -> None:
-        """Tell the backend (a worker asks a backend of its own: it did not start the stack)."""
-        from pytest_dashtam import backends
-
-        backend = self._backend or (self._get_backend or backends.get_backend)(
-            stack.backend, backend_options(self.config)
-        )
-        backend.template_built(stack)
-
-    def _drop_templates(self, stack: Stack) -> None:
-        """--dashtam-rebuild under xdist: the workers must all build (the first) or reuse (the others) one
-        new template, so the old ones go before any worker starts."""
-        from pytest_dashtam import schema
-
-        run_async(
-            lambda: schema.drop_templates(
-                stack.postgres_url, test_db=self.config.test_database, dev_database=self.config.dev_database
-            )
-        )
 
     # --- after collection ---
     def prepare(self) -> Prepared:
@@ -260,7 +233,19 @@ class DashtamRun:
         with self.timings.measure("template"):
             template = self._template(stack)
         with self.timings.measure("clone"):
-            tuning, self.cleaner = run_async(lambda: self._clone(stack, template.name, database_url, redis_url))
+            redis_index = self.redis_index
+            tuning, self.cleaner = run_async(
+                lambda: provision.clone(
+                    stack,
+                    self.database,
+                    template=template.name,
+                    database_url=database_url,
+                    redis_url=redis_url,
+                    redis_index=redis_index,
+                    owner=self.owner,
+                    dev_database=self.config.dev_database,
+                )
+            )
         return Prepared(
             stack=stack,
             settings=settings,
@@ -276,95 +261,24 @@ class DashtamRun:
         )
 
     def _template(self, stack: Stack) -> Any:
-        from pytest_dashtam import schema
-
-        config = self.config
-        metadata = None
-        if config.alembic_ini is None:
-            if config.metadata is None:
-                raise ConfigError(
-                    "no schema source: dashtam_alembic_ini is empty and dashtam_metadata is not set; name the "
-                    "project's alembic.ini, or its SQLAlchemy metadata (e.g. myapp.models:Base.metadata)"
-                )
-            metadata = import_object(config.metadata, "metadata")
-        alembic_ini = str(config.alembic_ini) if config.alembic_ini else None
-        # The template is part of this run's stack: the plugin's own checks on it pass the guard.
-        name = schema.template_name(config.test_database, schema.template_hash(alembic_ini, metadata))
-        if self.guard is not None:
-            self.guard.allow_database(name)
-        result = run_async(
-            lambda: schema.ensure_template(
-                stack.postgres_url,
-                test_db=config.test_database,
-                alembic_ini=alembic_ini,
-                metadata=metadata,
-                rebuild=config.rebuild and self.role == "solo",
-                owner_tuning=stack.owns_servers and bool(stack.tuning),
-                dev_database=config.dev_database,
-            )
+        result = provision.build_template(
+            self.config,
+            stack,
+            rebuild=self.config.rebuild and self.role == "solo",
+            allow_database=self.guard.allow_database if self.guard is not None else None,
         )
         if not result.cache_hit:
-            self._template_built(stack)
+            # Tell the backend (a worker asks a backend of its own: it did not start the stack).
+            (self._backend or backend_of(self.config, stack, self._get_backend)).template_built(stack)
         return result
 
-    def _check_capacity(self, stack: Stack) -> None:
-        """Enough connections for every worker, or a clear error before anything is made."""
-        count = self.worker_count
-        if count <= 1:
-            return
-        needed = count * CONNECTIONS_PER_WORKER
-        free = run_async(lambda: _free_connections(stack.postgres_url))
-        if free is not None and needed > free:
-            raise ConfigError(
-                f"{count} workers need up to {needed} PostgreSQL connections ({CONNECTIONS_PER_WORKER} each) "
-                f"but the server at {mask_url(stack.postgres_url)} has {free} free; use fewer workers (-n) "
-                "or raise max_connections"
-            )
-
-    async def _clone(self, stack: Stack, template: str, database_url: str, redis_url: str) -> tuple[Any, Any]:
-        """(tuning, cleaner): this worker's database cloned and read, its Redis index emptied, in one loop.
-
-        The Redis flush runs while PostgreSQL copies the template, and one connection to the new database
-        serves both the tuning read-back and the cleaner's catalog read (the first connections to a
-        brand-new database are the expensive ones).
-        """
-        from pytest_dashtam import schema
-
-        flush = asyncio.ensure_future(self._flush_redis(redis_url))
-        try:
-            await schema.create_test_database(
-                stack.postgres_url,
-                self.database,
-                template=template,
-                per_database_tuning=True,
-                dev_database=self.config.dev_database,
-            )
-            tuning, cleaner = await _read_clone(database_url)
-        except BaseException:
-            flush.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await flush
-            raise
-        await flush
-        return tuning, cleaner
-
-    async def _flush_redis(self, redis_url: str, *, release: bool = False) -> None:
-        """Start from an empty index (what conftests wrote at import time is gone before the first test);
-        `release`: end with one, the stamp gone too."""
-        from redis.asyncio import Redis
-
-        from pytest_dashtam.leases import flush_owned_index
-
-        assert self.redis_index is not None
-        client = Redis.from_url(redis_url, client_name=f"pytest-dashtam-{self.owner}")
-        try:
-            await flush_owned_index(client, self.redis_index, self.owner, release=release)
-        finally:
-            await client.aclose()
-
     # --- the end ---
-    def finish(self) -> list[str]:
-        """Drop this process's database, release the leases, stop what it started; problems come back as text."""
+    def finish(self, *, servers_answer: bool = True) -> list[str]:
+        """Drop this process's database, release the leases, stop what it started; problems come back as text.
+
+        `servers_answer=False` (the watchdog saw a server stop answering): nothing is asked of the servers, so
+        teardown does not wait on them; the leases die with the process and the next run reclaims the rest.
+        """
         problems: list[str] = []
         if self._finished:  # the session's end, then the exit handler: once
             return problems
@@ -376,11 +290,22 @@ class DashtamRun:
             # its files, and the local backend will not keep the cluster as the next runs' seed (it does
             # after a run that built the template). If the stop fails, the DROP is done after all.
             discard = stopping and prepared is not None and prepared.stack.owns_servers and prepared.cache_hit
-            if prepared is not None and not self.config.keep and not discard:
+            if not servers_answer:
+                problems.append("the servers stopped answering: the test database and index are left to the next run")
+            if servers_answer and prepared is not None and not self.config.keep and not discard:
                 problems.extend(self._drop(prepared))
-            if prepared is not None and not self.config.keep and not (stopping and prepared.stack.owns_servers):
+            if (
+                servers_answer
+                and prepared is not None
+                and not self.config.keep
+                and not (stopping and prepared.stack.owns_servers)
+            ):
                 try:
-                    run_async(lambda: self._flush_redis(prepared.redis_url, release=True))
+                    run_async(
+                        lambda: provision.flush_redis(
+                            prepared.redis_url, prepared.redis_index, self.owner, release=True
+                        )
+                    )
                 except Exception as exc:
                     problems.append(f"could not empty the Redis index {prepared.redis_index}: {exc}")
             if self.guard is not None:
@@ -403,17 +328,9 @@ class DashtamRun:
         return problems
 
     def _drop(self, prepared: Prepared) -> list[str]:
-        from pytest_dashtam import schema
-
-        try:
-            run_async(
-                lambda: schema.drop_test_database(
-                    prepared.stack.postgres_url, prepared.database, dev_database=self.config.dev_database
-                )
-            )
-        except Exception as exc:
-            return [f"could not drop the test database {prepared.database}: {exc}"]
-        return []
+        return provision.drop_database(
+            prepared.stack.postgres_url, prepared.database, dev_database=self.config.dev_database
+        )
 
     # --- reporting ---
     def describe_stack(self) -> str:
@@ -447,64 +364,3 @@ class DashtamRun:
             "timings": self.timings.phases,
             "notes": list(self.notes),
         }
-
-
-def backend_options(config: PluginConfig) -> BackendOptions:
-    """The backends' view of the plugin's configuration."""
-    kwargs: dict[str, Any] = {}
-    if config.timeout is not None:
-        kwargs["timeout"] = config.timeout
-    return BackendOptions(
-        env="test",
-        project_root=config.root,
-        keep=config.keep,
-        postgres_url=config.postgres_url,
-        redis_url=config.redis_url,
-        compose_files=config.compose_files,
-        project_name=config.compose_project,
-        env_file=str(config.env_file),
-        postgres_bin=config.postgres_bin,
-        redis_bin=config.redis_bin,
-        **kwargs,
-    )
-
-
-# What schema.read_tuning reads, in one query: the clone's own connection reads it together with the catalog.
-_TUNING_SQL = (
-    "SELECT current_setting('fsync') AS fsync, current_setting('full_page_writes') AS full_page_writes, "
-    "current_setting('synchronous_commit') AS synchronous_commit"
-)
-
-
-async def _read_clone(database_url: str) -> tuple[dict[str, str], Any]:
-    """(the tuning in effect on the new database, its TableCleaner), on one connection to it.
-
-    The cleaner is read here, from the fresh clone, not on the first real-commit test: it records the
-    sequence positions and seeded rows that cleanup restores, and by then earlier tests' rolled-back
-    inserts would have moved the sequences (nextval is not transactional).
-    """
-    import asyncpg
-
-    from pytest_dashtam.isolation import TableCleaner
-
-    conn = await asyncpg.connect(libpq_url(database_url), timeout=10)
-    try:
-        row = await conn.fetchrow(_TUNING_SQL)
-        tuning = {key: str(value) for key, value in dict(row or {}).items()}
-        return tuning, await TableCleaner.load(conn)
-    finally:
-        await conn.close()
-
-
-async def _free_connections(admin_url: str) -> int | None:
-    import asyncpg
-
-    conn = await asyncpg.connect(libpq_url(admin_url), timeout=10)
-    try:
-        row = await conn.fetchrow(
-            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
-            " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS free"
-        )
-        return int(row["free"]) if row is not None else None
-    finally:
-        await conn.close()

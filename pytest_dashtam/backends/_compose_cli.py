@@ -1,14 +1,15 @@
 """The `docker` / `docker compose` command lines the compose backend runs, and how to read their output.
 
-Everything here is plain data in, plain data out (argument lists, parsed JSON, classified errors),
-so that unit tests can check it without an engine; `run()` is the one place a process is spawned.
+Everything here is plain data in, plain data out (argument lists, versions, ports, env files), so
+that unit tests can check it without an engine; `run()` is the one place a process is spawned. What
+`docker inspect` says of containers is read in `_compose_containers`, why `up` failed in
+`_compose_failures`.
 Commands are argument lists, never shell strings: project names and paths reach docker verbatim.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -16,10 +17,8 @@ import signal
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 DOCKER = "docker"
 # `up --wait-timeout` appeared in compose 2.17; `--wait` alone in 2.1.
@@ -50,11 +49,16 @@ class Result:
 
     def first_error_line(self) -> str:
         """The most telling line of stderr (or stdout), for one-line error messages."""
-        lines = [line.strip() for line in (self.stderr or self.stdout).splitlines() if line.strip()]
-        for line in reversed(lines):
-            if "error" in line.lower():
-                return line
-        return lines[-1] if lines else f"exit status {self.returncode}"
+        return telling_line(self.stderr or self.stdout, f"exit status {self.returncode}")
+
+
+def telling_line(text: str, default: str) -> str:
+    """The last line of a command's output that mentions an error, else its last line, else `default`."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line
+    return lines[-1] if lines else default
 
 
 def run(
@@ -215,229 +219,6 @@ def parse_port_output(text: str) -> tuple[str, int] | None:
             host = "127.0.0.1"
         return host, int(port)
     return None
-
-
-# --------------------------------------------------------------------------- containers
-
-
-Health = Literal["healthy", "starting", "unhealthy", "none"]
-
-
-@dataclass(frozen=True)
-class Container:
-    id: str
-    name: str
-    project: str
-    service: str
-    status: str  # created | running | restarting | exited | paused | dead
-    health: Health
-    started_at: float | None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    env: Mapping[str, str] = field(default_factory=dict)
-    # container port ("5432/tcp") -> [(host ip, host port), ...]
-    ports: Mapping[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
-    tmpfs: tuple[str, ...] = ()
-
-    @property
-    def ready(self) -> bool:
-        return self.status == "running" and self.health in ("healthy", "none")
-
-
-def _parse_time(text: str | None) -> float | None:
-    if not text or text.startswith("0001-"):
-        return None
-    # Docker prints nanoseconds; fromisoformat takes at most microseconds.
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", text)
-    if not match:
-        return None
-    frac = (match.group(2) or ".0")[:7]
-    zone = match.group(3) or "Z"
-    zone = "+00:00" if zone == "Z" else zone
-    try:
-        return datetime.fromisoformat(f"{match.group(1)}{frac}{zone}").timestamp()
-    except ValueError:
-        return None
-
-
-def parse_inspect(text: str) -> list[Container]:
-    """Containers from `docker inspect` JSON: the few facts the backend decides on."""
-    data: list[dict[str, Any]] = json.loads(text or "[]")
-    found: list[Container] = []
-    for item in data:
-        config = item.get("Config") or {}
-        labels: dict[str, str] = dict(config.get("Labels") or {})
-        state = item.get("State") or {}
-        health_state = (state.get("Health") or {}).get("Status")
-        health: Health = health_state if health_state in ("healthy", "starting", "unhealthy") else "none"
-        env: dict[str, str] = {}
-        for entry in config.get("Env") or []:
-            key, _, value = str(entry).partition("=")
-            env[key] = value
-        ports: dict[str, tuple[tuple[str, int], ...]] = {}
-        for container_port, bindings in ((item.get("NetworkSettings") or {}).get("Ports") or {}).items():
-            ports[container_port] = tuple(
-                (b.get("HostIp") or "", int(b["HostPort"])) for b in bindings or [] if b.get("HostPort")
-            )
-        found.append(
-            Container(
-                id=str(item.get("Id", "")),
-                name=str(item.get("Name", "")).lstrip("/"),
-                project=labels.get("com.docker.compose.project", ""),
-                service=labels.get("com.docker.compose.service", ""),
-                status=str(state.get("Status", "")),
-                health=health,
-                started_at=_parse_time(state.get("StartedAt")),
-                labels=labels,
-                env=env,
-                ports=ports,
-                tmpfs=tuple(((item.get("HostConfig") or {}).get("Tmpfs") or {}).keys()),
-            )
-        )
-    return found
-
-
-Verdict = Literal["absent", "ready", "starting", "broken"]
-
-
-@dataclass(frozen=True)
-class Assessment:
-    verdict: Verdict
-    # One entry per required service: "postgres healthy", "redis exited", "redis missing"...
-    states: tuple[str, ...] = ()
-    containers: Mapping[str, Container] = field(default_factory=dict)
-    # Every container of the project, the required services' and any others (app, callback...).
-    everything: tuple[Container, ...] = ()
-
-    def describe(self) -> str:
-        return ", ".join(self.states) or "no containers"
-
-
-def assess(containers: Sequence[Container], required: Sequence[str]) -> Assessment:
-    """Is a project's stack usable: every required service running and healthy?
-
-    `absent` means nothing of the project exists (start it); `starting` means health checks have not
-    passed yet (wait); `broken` means something is missing, stopped or unhealthy (do not guess).
-    """
-    if not containers:
-        return Assessment("absent")
-    chosen: dict[str, Container] = {}
-    for container in containers:
-        current: Container | None = chosen.get(container.service)
-        # Prefer a running container when a service has several (scaled, or a leftover).
-        if current is None or (container.status == "running" and current.status != "running"):
-            chosen[container.service] = container
-    states: list[str] = []
-    verdict: Verdict = "ready"
-    for service in required:
-        found = chosen.get(service)
-        if found is None:
-            states.append(f"{service} missing")
-            verdict = "broken"
-        elif found.status != "running":
-            states.append(f"{service} {found.status}")
-            verdict = "broken"
-        elif found.health == "unhealthy":
-            states.append(f"{service} unhealthy")
-            verdict = "broken"
-        elif found.health == "starting":
-            states.append(f"{service} starting")
-            if verdict == "ready":
-                verdict = "starting"
-        else:
-            states.append(f"{service} {'healthy' if found.health == 'healthy' else 'running'}")
-    return Assessment(verdict, tuple(states), chosen, tuple(containers))
-
-
-# --------------------------------------------------------------------------- failures of `up`
-
-
-FailureKind = Literal["port", "image", "unhealthy", "timeout", "other"]
-
-
-@dataclass(frozen=True)
-class UpFailure:
-    kind: FailureKind
-    detail: str
-    service: str | None = None
-    host: str | None = None
-    port: int | None = None
-
-
-_PORT_PATTERNS = (
-    # userland proxy: "listen tcp4 127.0.0.1:5432: bind: address already in use"
-    re.compile(r"listen tcp[46]? (?P<host>[\d.]+|\[[0-9a-f:]*\]):(?P<port>\d+): bind: address already in use"),
-    # another container holds it: "Bind for 127.0.0.1:5433 failed: port is already allocated"
-    re.compile(r"Bind for (?P<host>[\d.]+|\[[0-9a-f:]*\]):(?P<port>\d+) failed: port is already allocated"),
-)
-_ENDPOINT = re.compile(r"on endpoint (?P<name>[\w.-]+)")
-_PULL_ERROR = re.compile(r"^\s*(?P<service>[\w.-]+) Error (?P<msg>.+)$", re.MULTILINE)
-_IMAGE_WORDS = (
-    "pull access denied",
-    "manifest unknown",
-    "failed to resolve reference",
-    "no such image",
-    "repository does not exist",
-    "registry-1.docker.io",
-    "error pulling image",
-)
-_UNHEALTHY = re.compile(r"container (?P<name>[\w.-]+) (?P<what>is unhealthy|exited \(\d+\))")
-
-
-def service_of(container_name: str, project: str) -> str:
-    """`dashtam-test-postgres-1` -> `postgres` (compose's default container naming)."""
-    name = container_name.lstrip("/")
-    if name.startswith(project + "-"):
-        name = name[len(project) + 1 :]
-    return re.sub(r"-\d+$", "", name)
-
-
-def classify_up_failure(output: str, project: str) -> UpFailure:
-    """Why `compose up --wait` failed, from its output: the cases users can act on."""
-    for pattern in _PORT_PATTERNS:
-        match = pattern.search(output)
-        if match:
-            endpoint = _ENDPOINT.search(output)
-            service = service_of(endpoint.group("name"), project) if endpoint else None
-            return UpFailure(
-                "port",
-                match.group(0),
-                service=service,
-                host=match.group("host").strip("[]"),
-                port=int(match.group("port")),
-            )
-    pull = _PULL_ERROR.search(output)
-    lowered = output.lower()
-    if pull or any(word in lowered for word in _IMAGE_WORDS):
-        service = pull.group("service") if pull else None
-        detail = pull.group("msg").strip() if pull else _last_line(output)
-        return UpFailure("image", detail, service=service)
-    unhealthy = _UNHEALTHY.search(output)
-    if unhealthy:
-        return UpFailure(
-            "unhealthy",
-            unhealthy.group("what"),
-            service=service_of(unhealthy.group("name"), project),
-        )
-    if "dependency failed to start" in lowered:
-        return UpFailure("unhealthy", _last_line(output))
-    if "timeout" in lowered or "deadline" in lowered:
-        return UpFailure("timeout", _last_line(output))
-    return UpFailure("other", _last_line(output))
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "error" in line.lower():
-            return line
-    return lines[-1] if lines else "no output"
-
-
-def log_tail(text: str, lines: int = 8, width: int = 600) -> str:
-    """The last lines of a service's log folded into one line for an error message."""
-    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    folded = " | ".join(kept)
-    return folded if len(folded) <= width else "..." + folded[-width:]
 
 
 # --------------------------------------------------------------------------- env files

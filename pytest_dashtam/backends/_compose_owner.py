@@ -1,4 +1,5 @@
-"""Who owns a compose stack, as recorded in its containers' labels, and whether that owner lives.
+"""Who owns a compose stack, as recorded in its containers' labels, whether that owner lives, and
+so which stacks may be reaped.
 
 The compose files interpolate `DASHTAM_STACK_*` variables into `io.dashtam.*` labels, so the engine
 itself carries the record: no state file can go stale or be lost with a deleted checkout. A stack
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from pytest_dashtam import process
+from pytest_dashtam.backends._compose_containers import Container
 
 LABEL_ENV = "io.dashtam.env"
 LABEL_PID = "io.dashtam.owner-pid"
@@ -92,3 +94,27 @@ def owner_state(owner: Owner | None, *, this_host: str | None = None, this_pid: 
     if owner.pid == (os.getpid() if this_pid is None else this_pid):
         return "self"
     return "alive" if owner_alive(owner.pid, owner.start) else "dead"
+
+
+def owner_text(containers: Sequence[Container], *, this_pid: int | None = None) -> str:
+    """Who owns a project's stack and what that makes it, for messages."""
+    owner = Owner.from_labels(containers[0].labels) if containers else None
+    if owner is None:
+        return "started without an owner (kept)"
+    state = owner_state(owner, this_pid=this_pid)
+    return f"owner {owner.describe()}: {state}"
+
+
+def dead_projects(containers: Sequence[Container], *, this_pid: int | None = None) -> list[str]:
+    """The compose projects among `containers` whose recorded owner is dead: the ones to reap."""
+    by_project: dict[str, list[Container]] = {}
+    for container in containers:
+        if container.project:
+            by_project.setdefault(container.project, []).append(container)
+    dead: list[str] = []
+    for project, members in sorted(by_project.items()):
+        states = {owner_state(Owner.from_labels(c.labels), this_pid=this_pid) for c in members}
+        # Every container of the project must agree: one live or kept label protects it all.
+        if states == {"dead"}:
+            dead.append(project)
+    return dead

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pytest_dashtam.errors import BinaryNotFoundError
+from pytest_dashtam.errors import BinaryNotFoundError, ConfigError
 
 EMBEDDED_HINT = "pip install 'pytest-dashtam[embedded]'"
 # Searched newest first; a module attribute so tests can point discovery elsewhere.
@@ -105,7 +105,7 @@ def find_postgres(explicit: str | None = None, path: str | None = None) -> PgBin
         given = Path(explicit).expanduser()
         bindir = given if given.is_dir() else given.parent
         if not _is_pg_bindir(bindir):
-            raise BinaryNotFoundError(
+            raise ConfigError(
                 f"postgres_bin={explicit!r} holds no executable postgres and initdb: "
                 "point it at a PostgreSQL bin folder (or a file in it)"
             )
@@ -148,7 +148,7 @@ def find_redis(explicit: str | None = None, path: str | None = None) -> RedisBin
                     return RedisBinary(path=given / name, source="option")
         elif os.access(given, os.X_OK):
             return RedisBinary(path=given, source="option")
-        raise BinaryNotFoundError(
+        raise ConfigError(
             f"redis_bin={explicit!r} is not an executable redis-server/valkey-server nor a folder holding one"
         )
     search_path = os.environ.get("PATH", "") if path is None else path

@@ -382,9 +382,9 @@ def test_dev_env_persists_across_restarts(
 def test_no_room_on_tmpfs_falls_back_to_the_state_dir(
     open_dir: Path, backends: Callable[..., LocalBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_dashtam.backends import local
+    from pytest_dashtam.backends import _local_start
 
-    monkeypatch.setattr(local, "TMPFS_MIN_FREE", 1 << 62)
+    monkeypatch.setattr(_local_start, "TMPFS_MIN_FREE", 1 << 62)
     backend = backends(state_dir=open_dir / "state")
     stack = backend.start()
     assert stack.data_on_tmpfs is False
@@ -594,7 +594,7 @@ def test_port_lost_to_another_process_is_retried(
     backends: Callable[..., LocalBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between the port check and the server's bind another process may take the port: retry."""
-    from pytest_dashtam.backends import _local_procs, local
+    from pytest_dashtam.backends import _local_procs, _local_start
 
     thief = socket.socket()
     thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -608,7 +608,7 @@ def test_port_lost_to_another_process_is_retried(
         calls.append(ports)
         return ports
 
-    monkeypatch.setattr(local, "pick_free_ports", pick)
+    monkeypatch.setattr(_local_start, "pick_free_ports", pick)
     try:
         backend = backends()
         stack = backend.start()

@@ -24,6 +24,7 @@ from selftest import MACHINE_DATABASES, Servers, suspended_guard
 from pytest_dashtam import schema
 from pytest_dashtam.errors import ConfigError, SafetyError, SchemaError
 from pytest_dashtam.safety import OWNERSHIP_COMMENT_PREFIX
+from pytest_dashtam.schema import ddl, migration
 
 REPO = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = str(REPO / "alembic.ini")
@@ -642,13 +643,13 @@ def test_child_environment_points_every_database_url_at_the_target(tmp_path: Pat
     target = make_url("postgresql+asyncpg://postgres:s3cret@127.0.0.1:5432/dashtam_test_tpl_ab12cd34ef56")
     ini = str(tmp_path / "alembic.ini")
     declared = {"DATABASE_URL": "postgresql+psycopg://app:pw@db.example:6000/prod?sslmode=require"}
-    child = schema._child_environment(target, ini, declared)
+    child = migration._child_environment(target, ini, declared)
     assert child["DATABASE_URL"] == "postgresql+psycopg://postgres:s3cret@127.0.0.1:5432/dashtam_test_tpl_ab12cd34ef56"
     assert child["DASHTAM_MIGRATE_URL"] == target.render_as_string(hide_password=False)
     assert child["DASHTAM_MIGRATE_INI"] == ini
-    assert schema._child_environment(target, ini, {})["DATABASE_URL"] == child["DASHTAM_MIGRATE_URL"]
+    assert migration._child_environment(target, ini, {})["DATABASE_URL"] == child["DASHTAM_MIGRATE_URL"]
     socket = make_url("postgresql+asyncpg://postgres@/dashtam_test_x?host=/run/pg&port=5433")
-    moved = make_url(schema._child_environment(socket, ini, declared)["DATABASE_URL"])
+    moved = make_url(migration._child_environment(socket, ini, declared)["DATABASE_URL"])
     assert (moved.drivername, moved.host, moved.port, moved.database) == (
         "postgresql+psycopg",
         None,
@@ -905,10 +906,8 @@ async def test_reclaim_leaves_live_creations_and_other_names(pg: Postgres, test_
     try:
         for name in (live, live_elsewhere, crashed, lookalike):
             await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        await creator.execute("SELECT pg_advisory_lock($1)", schema._lock_key(f"pytest-dashtam:create:{live}"))
-        await other_db.execute(
-            "SELECT pg_advisory_lock($1)", schema._lock_key(f"pytest-dashtam:create:{live_elsewhere}")
-        )
+        await creator.execute("SELECT pg_advisory_lock($1)", ddl._lock_key(f"pytest-dashtam:create:{live}"))
+        await other_db.execute("SELECT pg_advisory_lock($1)", ddl._lock_key(f"pytest-dashtam:create:{live_elsewhere}"))
         dropped = await schema.reclaim_unfinished(conn)
         assert crashed in dropped
         assert {live, live_elsewhere, lookalike}.isdisjoint(dropped)
@@ -936,7 +935,7 @@ async def test_the_unfinished_drop_takes_only_unfinished_names(pg: Postgres, tes
     try:
         for name in (f"{test_db}_gw0", "test", "pdt_test_new_" + "g" * 16, "pdt_test_new_" + "0" * 15):
             with pytest.raises(SafetyError, match="as an unfinished creation"):
-                await schema._drop_unfinished(conn, name)
+                await ddl._drop_unfinished(conn, name)
     finally:
         await conn.close()
 
@@ -948,7 +947,7 @@ async def test_rename_onto_an_existing_name_is_the_one_line_duplicate_error(pg: 
     conn = await pg.admin()
     try:
         with pytest.raises(SchemaError, match="created by someone else at the same moment") as info:
-            await schema._create_database(conn, name, template="template0", stamp="pytest-dashtam:test:x")
+            await ddl._create_database(conn, name, template="template0", stamp="pytest-dashtam:test:x")
     finally:
         await conn.close()
     assert "\n" not in str(info.value)

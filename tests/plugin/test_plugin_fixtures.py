@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from inner_project import INNER_INDEX, Inner, taken
 
 
@@ -87,8 +88,11 @@ def test_client_with_an_app_factory(inner: Inner) -> None:
 def test_client_with_an_app_that_does_not_import(inner: Inner) -> None:
     inner.copy()
     result = inner.run("test_basic.py", "-k", "client_uses", "-o", "dashtam_app=exampleapp:nope")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["dashtam_app='exampleapp:nope': 'exampleapp' has no attribute 'nope'; check the name"])
+    # Checked once collection shows a test uses `client`, before anything is built: exit 4, one line.
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(
+        ["ERROR: pytest-dashtam: dashtam_app='exampleapp:nope': 'exampleapp' has no attribute 'nope'; check the name"]
+    )
 
 
 def test_ctrl_c_still_drops_the_test_database(inner: Inner) -> None:

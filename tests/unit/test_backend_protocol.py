@@ -24,7 +24,7 @@ from pytest_dashtam.backends import (
     select_backend,
 )
 from pytest_dashtam.backends import compose as compose_module
-from pytest_dashtam.backends._local_servers import SEED_REQUEST
+from pytest_dashtam.backends._local_cluster import SEED_REQUEST
 from pytest_dashtam.backends.compose import ComposeBackend
 from pytest_dashtam.backends.external import ExternalBackend
 from pytest_dashtam.backends.local import LocalBackend
@@ -169,7 +169,9 @@ def test_local_is_available_when_binaries_are_found(tmp_path: Path) -> None:
         (bindir / name).chmod(0o755)
     options = BackendOptions(postgres_bin=str(bindir), redis_bin=str(bindir / "redis-server"))
     assert LocalBackend(options).available()
-    assert not LocalBackend(BackendOptions(postgres_bin=str(tmp_path / "nothing"))).available()
+    # A bin option naming nothing is refused, not read as "no local backend here" (auto would pick another).
+    with pytest.raises(ConfigError, match="postgres_bin="):
+        LocalBackend(BackendOptions(postgres_bin=str(tmp_path / "nothing"))).available()
 
 
 def test_compose_needs_the_engine_and_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,18 +24,14 @@ import pytest
 from pytest_dashtam.backends import compose
 from pytest_dashtam.backends._compose_cli import (
     ComposeProject,
-    Container,
-    assess,
-    classify_up_failure,
     down_by_name,
     engine_answers,
-    log_tail,
     parse_compose_version,
-    parse_inspect,
     parse_port_output,
     read_env_file,
-    service_of,
 )
+from pytest_dashtam.backends._compose_containers import Container, assess, parse_inspect
+from pytest_dashtam.backends._compose_failures import classify_up_failure, log_tail, service_of
 from pytest_dashtam.backends._compose_owner import Owner, owner_alive, owner_start, owner_state
 from pytest_dashtam.backends.base import BackendOptions
 from pytest_dashtam.backends.compose import ComposeBackend, docker_available

@@ -21,9 +21,9 @@ from pytest_dashtam.guard import (
     ConnectionGuard,
     GuardError,
     Target,
-    _pg_params,
     active_guard,
 )
+from pytest_dashtam.guard._params import pg_params
 
 PG = Target("127.0.0.1", 5432)
 REDIS = Target("127.0.0.1", 6379)
@@ -251,18 +251,18 @@ def test_plugin_connections_may_use_any_database_of_the_stack_server_only(
 
 
 def test_asyncpg_parameters() -> None:
-    p = _pg_params([], {"host": "127.0.0.1", "port": 5432, "database": "d", "user": "u", "password": "pw"})
+    p = pg_params([], {"host": "127.0.0.1", "port": 5432, "database": "d", "user": "u", "password": "pw"})
     assert (p.host, p.port, p.database, p.user) == ("127.0.0.1", "5432", "d", "u")
-    p = _pg_params([], {"host": ["a", "b"], "port": [5432, 5433], "server_settings": {"application_name": "x"}})
+    p = pg_params([], {"host": ["a", "b"], "port": [5432, 5433], "server_settings": {"application_name": "x"}})
     assert (p.host, p.port, p.database, p.application_name) == ("a,b", "5432,5433", None, "x")
 
 
 def test_psycopg_parameters_and_conninfo_strings() -> None:
-    p = _pg_params([], {"host": "h", "dbname": "d", "hostaddr": "10.0.0.9", "application_name": "app"})
+    p = pg_params([], {"host": "h", "dbname": "d", "hostaddr": "10.0.0.9", "application_name": "app"})
     assert (p.host, p.port, p.database, p.application_name) == ("10.0.0.9", None, "d", "app")
-    p = _pg_params(["host=h1 port=5433 dbname='my db' password='se cret'"], {"user": "u"})
+    p = pg_params(["host=h1 port=5433 dbname='my db' password='se cret'"], {"user": "u"})
     assert (p.host, p.port, p.database, p.user) == ("h1", "5433", "my db", "u")
-    p = _pg_params([], {"dsn": "postgresql://u:pw@[::1]:5432,h2:5433/d?application_name=a", "dbname": "explicit"})
+    p = pg_params([], {"dsn": "postgresql://u:pw@[::1]:5432,h2:5433/d?application_name=a", "dbname": "explicit"})
     assert (p.host, p.port, p.database, p.user, p.application_name) == ("::1,h2", "5432,5433", "explicit", "u", "a")
 
 

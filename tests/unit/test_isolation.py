@@ -1,4 +1,4 @@
-"""isolation.py: engines per event loop, the rolled-back session, write tracking, DELETE planning, Redis flush.
+"""isolation/: engines per event loop, the rolled-back session, write tracking, DELETE planning, Redis flush.
 
 The pure parts run without servers; the rest use this worker's test database and Redis index through the
 plugin's own session fixtures (so CI runs them on the same stack as everything else).

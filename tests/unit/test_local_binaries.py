@@ -8,7 +8,7 @@ import pytest
 
 from pytest_dashtam.backends import _local_binaries
 from pytest_dashtam.backends._local_binaries import find_postgres, find_redis
-from pytest_dashtam.errors import BinaryNotFoundError
+from pytest_dashtam.errors import BinaryNotFoundError, ConfigError
 
 
 def _exe(path: Path, body: str = "exit 0") -> Path:
@@ -40,7 +40,8 @@ def test_explicit_folder_or_file(tmp_path: Path) -> None:
 
 def test_explicit_folder_without_initdb_is_refused(tmp_path: Path) -> None:
     _exe(tmp_path / "bin" / "postgres")
-    with pytest.raises(BinaryNotFoundError, match=r"postgres_bin=.* no executable postgres and initdb") as info:
+    # An option naming the wrong folder is the configuration's mistake, not a machine without PostgreSQL.
+    with pytest.raises(ConfigError, match=r"postgres_bin=.* no executable postgres and initdb") as info:
         find_postgres(str(tmp_path / "bin"))
     assert "\n" not in str(info.value)
 
@@ -96,7 +97,7 @@ def test_redis_path_order_and_explicit(tmp_path: Path) -> None:
     only_valkey = tmp_path / "v"
     _exe(only_valkey / "valkey-server")
     assert find_redis(str(only_valkey)).path == only_valkey / "valkey-server"
-    with pytest.raises(BinaryNotFoundError, match="redis_bin="):
+    with pytest.raises(ConfigError, match="redis_bin="):
         find_redis(str(tmp_path / "missing"))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dashtam.backends import local
+from pytest_dashtam.backends import _local_start
 from pytest_dashtam.backends._local_procs import pick_free_ports
 from pytest_dashtam.errors import BackendError
 
@@ -27,7 +27,7 @@ def held_ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, int]]:
         s.listen()
         sockets.append(s)
     monkeypatch.setattr(
-        local,
+        _local_start,
         "DEV_PORT_VARS",
         {"postgres": ("DASHTAM_DEV_POSTGRES_PORT", ports[0]), "redis": ("DASHTAM_DEV_REDIS_PORT", ports[1])},
     )
@@ -39,12 +39,12 @@ def held_ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, int]]:
 def test_taken_standard_ports_fall_back_to_free_ones_and_are_remembered(
     tmp_path: Path, held_ports: tuple[int, int]
 ) -> None:
-    first = local.dev_ports(tmp_path)
+    first = _local_start.dev_ports(tmp_path)
     assert first["postgres"] not in held_ports
     assert first["redis"] not in held_ports
     assert first["postgres"] != first["redis"]
     assert json.loads((tmp_path / "dev-ports.json").read_text()) == first
-    assert local.dev_ports(tmp_path) == first  # stable across restarts
+    assert _local_start.dev_ports(tmp_path) == first  # stable across restarts
 
 
 def test_free_standard_ports_are_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,11 +52,11 @@ def test_free_standard_ports_are_used(tmp_path: Path, monkeypatch: pytest.Monkey
         monkeypatch.delenv(var, raising=False)
     free = pick_free_ports(2)
     monkeypatch.setattr(
-        local,
+        _local_start,
         "DEV_PORT_VARS",
         {"postgres": ("DASHTAM_DEV_POSTGRES_PORT", free[0]), "redis": ("DASHTAM_DEV_REDIS_PORT", free[1])},
     )
-    assert local.dev_ports(tmp_path) == {"postgres": free[0], "redis": free[1]}
+    assert _local_start.dev_ports(tmp_path) == {"postgres": free[0], "redis": free[1]}
 
 
 def test_an_explicit_taken_port_is_an_error_not_a_fallback(
@@ -64,4 +64,4 @@ def test_an_explicit_taken_port_is_an_error_not_a_fallback(
 ) -> None:
     monkeypatch.setenv("DASHTAM_DEV_POSTGRES_PORT", str(held_ports[0]))
     with pytest.raises(BackendError, match="set DASHTAM_DEV_POSTGRES_PORT to a free port"):
-        local.dev_ports(tmp_path)
+        _local_start.dev_ports(tmp_path)

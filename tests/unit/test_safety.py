@@ -17,6 +17,7 @@ from pytest_dashtam.safety import (
     check_all,
     check_database_name,
     check_env_file,
+    check_env_url,
     check_environment,
     check_host,
     check_redis_index,
@@ -92,11 +93,20 @@ def test_testing_flag_true_passes() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["dashtam_test", "test_x", "dashtam_test_gw0", "dashtam_test_tpl_ab12cd34ef56", "test", "my-tests", "TEST_DB"],
+    ["dashtam_test", "test_x", "dashtam_test_gw0", "dashtam_test_tpl_ab12cd34ef56", "test", "my-tests"],
 )
 def test_test_names_pass(name: str) -> None:
     assert is_test_database_name(name)
     assert check_database_name(f"postgresql+asyncpg://u:p@127.0.0.1/{name}", "dashtam") is None
+
+
+@pytest.mark.parametrize(
+    "name", ["TEST_DB", "Todo_Test", "todo'x_test", "todo;drop_test", "t\u00f6do_test", "a b_test"]
+)
+def test_names_that_are_not_plain_are_refused(name: str) -> None:
+    violation = _one_line(check_database_name(f"postgresql+asyncpg://u:p@127.0.0.1/{name}", "dashtam_dev"))
+    assert violation.check == "database_name"
+    assert "plain lower-case name" in violation.message
 
 
 @pytest.mark.parametrize("name", ["dashtam", "contest", "latest_prices", "attest", "testimony", "prod"])
@@ -549,15 +559,16 @@ def _env_file(values: Mapping[str, str | None], **overrides: Any) -> list[Violat
 def test_env_file_with_lower_case_keys_passes() -> None:
     assert _env_file({"environment": "testing", "testing": "true"}) == []
     assert _env_file({"ENVIRONMENT": "testing", "TESTING": "1"}) == []
-    assert _env_file({"Environment": " testing ", "Testing": "Yes"}) == []
+    assert _env_file({"Environment": " testing ", "Testing": "True"}) == []
 
 
-@pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "on", "t", "Y"])
-def test_env_file_testing_true_as_pydantic_reads_it(value: str) -> None:
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", " True "])
+def test_env_file_testing_true(value: str) -> None:
     assert _env_file({"environment": "testing", "testing": value}) == []
 
 
-@pytest.mark.parametrize("value", ["false", "0", "no", "off", "", "2", "enabled", None])
+# pydantic reads yes/on/t/y as true too; a test run's flag must be written as true on purpose.
+@pytest.mark.parametrize("value", ["false", "0", "no", "off", "", "2", "enabled", None, "yes", "on", "t", "Y"])
 def test_env_file_testing_not_true_is_refused(value: str | None) -> None:
     violations = _env_file({"environment": "testing", "testing": value})
     assert [v.check for v in violations] == ["testing_flag"]
@@ -711,7 +722,7 @@ def test_ownership_stamp() -> None:
     assert not is_owned_comment("dev data, do not drop")
 
 
-# --- the gate cannot be bypassed in schema.py ---------------------------------------------------------------
+# --- the gate cannot be bypassed in the schema package -------------------------------------------------------
 
 
 def _calls_before_drop(function: ast.AsyncFunctionDef) -> tuple[dict[str, int], int]:
@@ -730,14 +741,20 @@ def _calls_before_drop(function: ast.AsyncFunctionDef) -> tuple[dict[str, int], 
 
 
 def test_schema_drops_only_behind_the_checks() -> None:
-    """Every DROP DATABASE in schema.py is in one of two functions, each behind its own guard:
+    """Every DROP DATABASE in the schema package is in one of two functions, each behind its own guard:
     `_drop_database` after the name check and the live ownership check, `_drop_unfinished` (a creation
     that crashed before its stamp) after the unfinished-name match and the name check."""
+    import importlib
     import inspect
+    import pkgutil
 
     from pytest_dashtam import schema
 
-    tree = ast.parse(inspect.getsource(schema))
+    modules = [
+        schema,
+        *(importlib.import_module(f"{schema.__name__}.{m.name}") for m in pkgutil.iter_modules(schema.__path__)),
+    ]
+    tree = ast.Module(body=[node for m in modules for node in ast.parse(inspect.getsource(m)).body], type_ignores=[])
     destructive = ("DROP DATABASE", "DROP TABLE", "DROP SCHEMA", "TRUNCATE", "DELETE FROM", "flushdb", "flushall")
     holders = []
     for node in ast.walk(tree):
@@ -757,3 +774,46 @@ def test_schema_drops_only_behind_the_checks() -> None:
     if "_drop_unfinished" in holders:
         first_call, drop_line = _calls_before_drop(functions["_drop_unfinished"])
         assert first_call["fullmatch"] < first_call["check_test_name"] < drop_line
+
+
+# --- the env file's own URLs (safety/_env_urls.py) ---
+@pytest.mark.parametrize(
+    ("name", "url", "check", "words"),
+    [
+        ("DATABASE_URL", "mysql://root:pw@127.0.0.1/x_test", "url", "not a PostgreSQL URL"),
+        ("DATABASE_URL", "not a url at all", "url", "not a PostgreSQL URL"),
+        ("DATABASE_URL", "postgresql+asyncpg://u:hunter2@127.0.0.1:abc/x_test", "url", "cannot be read"),
+        ("DATABASE_URL", "postgresql+asyncpg://u:hunter2@db.example.com/x_test", "host", "'db.example.com'"),
+        ("DATABASE_URL", "postgresql+asyncpg://u@10.1.2.3/x_test", "host", "'10.1.2.3'"),
+        ("DATABASE_URL", "postgresql+asyncpg://u@/x_test?host=db.example.com", "host", "host= parameter"),
+        ("DATABASE_URL", "postgresql+asyncpg://u@localhost/x_test?host=postgres", "host", "host= parameter"),
+        ("REDIS_URL", "http://127.0.0.1:6379/1", "url", "not a Redis URL"),
+        ("REDIS_URL", "redis://:hunter2@127.0.0.1:99999/1", "url", "cannot be read"),
+        ("REDIS_URL", "redis://cache.example.com:6379/1", "host", "'cache.example.com'"),
+        ("REDIS_URL", "redis://127.0.0.1:6379/abc", "redis_index", "'abc'"),
+    ],
+)
+def test_env_file_urls_that_are_wrong_are_refused(name: str, url: str, check: str, words: str) -> None:
+    violation = _one_line(check_env_url(name, url))
+    assert violation.check == check
+    assert words in violation.message
+    assert "hunter2" not in violation.message
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("DATABASE_URL", "postgresql+asyncpg://u:p@127.0.0.1:5433/x_test"),
+        ("DATABASE_URL", "postgresql://u@postgres:5432/x_test"),  # a compose service name: the stack replaces it
+        ("DATABASE_URL", "postgresql+asyncpg://u@/x_test?host=/var/run/postgresql"),
+        ("REDIS_URL", "redis://redis:6379/1"),
+        ("REDIS_URL", "redis://[::1]:6380/2"),
+        ("REDIS_URL", "unix:///tmp/redis.sock?db=1"),
+    ],
+)
+def test_env_file_urls_that_are_fine_pass(name: str, url: str) -> None:
+    assert check_env_url(name, url) is None
+
+
+def test_an_allowed_remote_host_passes() -> None:
+    assert check_env_url("DATABASE_URL", "postgresql://u@db.example.com/x_test", ("db.example.com",)) is None

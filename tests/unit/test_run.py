@@ -1,26 +1,18 @@
-"""lifecycle.py without servers: backend selection, capacity errors, imports, settings, the xdist handoff."""
+"""run.py and its steps without servers: capacity errors, owners, the xdist handoff, exported URLs, teardown."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from pytest_dashtam import lifecycle
-from pytest_dashtam import run as run_module
+from pytest_dashtam import provision
 from pytest_dashtam.backends.base import Stack
 from pytest_dashtam.config import PluginConfig, build_config
+from pytest_dashtam.environment import HANDOFF_ENV, Handoff
 from pytest_dashtam.errors import ConfigError
-from pytest_dashtam.lifecycle import (
-    HANDOFF_ENV,
-    DashtamRun,
-    Handoff,
-    describe_report,
-    import_object,
-    load_settings,
-)
+from pytest_dashtam.run import DashtamRun, Prepared
 
 
 @pytest.fixture
@@ -48,14 +40,13 @@ def _stack(databases: int | None = 16) -> Stack:
     )
 
 
-def test_postgres_capacity_is_checked_before_starting(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_capacity_is_checked_before_starting(monkeypatch: pytest.MonkeyPatch) -> None:
     async def free(url: str) -> int:
         return 20
 
-    monkeypatch.setattr(run_module, "_free_connections", free)
-    run = DashtamRun(_config(project), role="controller", worker_count=4)
+    monkeypatch.setattr(provision, "free_connections", free)
     with pytest.raises(ConfigError, match=r"4 workers need up to 48 PostgreSQL connections .* has 20 free"):
-        run._check_capacity(_stack())
+        provision.check_capacity(_stack(), 4)
 
 
 def test_worker_owner_names_its_run_and_itself(project: Path) -> None:
@@ -90,55 +81,6 @@ def test_app_environment_keeps_the_app_s_driver_and_spelling(project: Path) -> N
     env = run.app_environment()
     assert env["DATABASE_URL"] == env["database_url"] == "postgresql+psycopg://postgres@127.0.0.1:5432/shop_test_2"
     assert env["REDIS_URL"] == env["redis_url"] == "redis://127.0.0.1:6379/4"
-
-
-def test_import_object_errors_name_the_option() -> None:
-    assert import_object("os.path:join", "app") is os.path.join
-    with pytest.raises(ConfigError, match=r"dashtam_app='no_such_module_x:app': cannot import 'no_such_module_x'"):
-        import_object("no_such_module_x:app", "app")
-    with pytest.raises(ConfigError, match=r"dashtam_settings='os:Nope': 'os' has no attribute 'Nope'"):
-        import_object("os:Nope", "settings")
-
-
-class StrictSettings:
-    def __init__(self, **kwargs: Any) -> None:
-        if "STRICT_URL" not in os.environ:
-            raise ValueError("STRICT_URL missing: postgresql://u:secret@h/db\nsecond line")
-        self.url = os.environ["STRICT_URL"]
-
-
-def test_settings_read_the_environment_and_refusals_are_one_line_and_masked(
-    project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("STRICT_URL", "x")
-    assert load_settings(f"{__name__}:StrictSettings", project / ".env.test").url == "x"
-    monkeypatch.delenv("STRICT_URL")
-    with pytest.raises(ConfigError) as info:
-        load_settings(f"{__name__}:StrictSettings", project / ".env.test")
-    assert "\n" not in str(info.value)
-    assert "secret" not in str(info.value)
-    assert "refused the test env file" in str(info.value)
-
-
-def test_report_lines() -> None:
-    assert describe_report({}) == []
-    assert describe_report({"error": "boom"}) == ["dashtam: not started: boom"]
-    lines = describe_report(
-        {
-            "backend": "local",
-            "backend_reason": "from --dashtam-backend",
-            "postgres": "PostgreSQL 15 at postgresql://postgres@127.0.0.1:1/postgres",
-            "redis": "Redis 7 at redis://127.0.0.1:2",
-            "database": "shop_test",
-            "template": "shop_test_tpl_abc",
-            "cache_hit": True,
-            "redis_index": 1,
-            "tuning": {"fsync": "off"},
-        }
-    )
-    assert lines[1] == (
-        "dashtam: database shop_test from template shop_test_tpl_abc (cache hit), redis index 1, tuning fsync=off"
-    )
 
 
 class FakeBackend:
@@ -186,7 +128,7 @@ def _finished(
         owns_servers=owns,
         started=started,
     )
-    run._prepared = lifecycle.Prepared(
+    run._prepared = Prepared(
         stack=stack,
         settings=None,
         database="shop_test",

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 from foreign import unique_name
 
-EXAMPLE = Path(__file__).parent / "examples" / "todo"
+EXAMPLE = Path(__file__).parents[1] / "plugin" / "examples" / "todo"
 
 
 @dataclass

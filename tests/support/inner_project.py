@@ -29,7 +29,7 @@ from foreign import unique_name
 
 from pytest_dashtam.safety import OWNERSHIP_COMMENT_PREFIX
 
-EXAMPLES = Path(__file__).parent / "examples"
+EXAMPLES = Path(__file__).parents[1] / "plugin" / "examples"
 # The Redis index the basic example's env file names (a run takes the next free one if it is held).
 INNER_INDEX = 9
 # The header line that says what a process of the run took: `dashtam: database X from template T (...), redis index N`.

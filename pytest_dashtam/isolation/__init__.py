@@ -1,0 +1,47 @@
+"""Per-test isolation: a rolled-back database session, real-commit cleanup, and the Redis flush.
+
+Three costs shape this package (measured on this project's machines, see issue 4), one module each:
+
+* `loops`: asyncpg connections belong to the event loop that opened them, so every pooled resource is kept
+  per event loop and closed inside it.
+* `sessions`: SQLAlchemy numbers savepoints per `Connection` object, so each test gets a fresh `Connection`
+  (the same physical one, from the pool) to keep the statement caches from growing.
+* `cleanup`: DELETE of the tables a real-commit test wrote is ~10x faster than TRUNCATE of them all.
+"""
+
+from __future__ import annotations
+
+from pytest_dashtam.isolation.cleanup import TableCleaner, WriteTracker
+from pytest_dashtam.isolation.loops import (
+    CONNECTIONS_PER_WORKER,
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    LoopEngines,
+    LoopRedisPools,
+    PerLoop,
+    run_async,
+)
+from pytest_dashtam.isolation.sessions import (
+    IsolatedSession,
+    dependency_overrides,
+    flush_test_index,
+    open_commit_session,
+    open_rollback_session,
+)
+
+__all__ = [
+    "CONNECTIONS_PER_WORKER",
+    "MAX_OVERFLOW",
+    "POOL_SIZE",
+    "IsolatedSession",
+    "LoopEngines",
+    "LoopRedisPools",
+    "PerLoop",
+    "TableCleaner",
+    "WriteTracker",
+    "dependency_overrides",
+    "flush_test_index",
+    "open_commit_session",
+    "open_rollback_session",
+    "run_async",
+]

@@ -1,0 +1,115 @@
+"""The template hash: 12 hex characters covering what the template is built from.
+
+The hash is part of the template's name (`<test_db>_tpl_<hash>`), so a template is reused exactly while its
+inputs are unchanged: the Alembic scripts (env.py and the revisions, found the way Alembic itself finds
+them), or without Alembic the metadata's DDL. The Alembic configuration is read in this process only for
+the script files and heads; the migrations themselves run in a child process (migration.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_dashtam.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy import MetaData
+
+# Bump when the way a template is built changes, so templates built by an older plugin are rebuilt.
+_BUILD_VERSION = b"pytest-dashtam template v1\n"
+
+
+def _alembic_config(alembic_ini: str) -> Config:
+    """The project's Alembic configuration, read in this process only for the script files and heads."""
+    from alembic.config import Config
+
+    path = Path(alembic_ini)
+    if not path.is_file():
+        raise ConfigError(
+            f"alembic.ini not found at {alembic_ini!r}; set dashtam_alembic_ini to its path, "
+            "or to an empty value to build the schema with metadata.create_all"
+        )
+    return Config(str(path))
+
+
+@contextlib.contextmanager
+def _sys_path_kept() -> Iterator[None]:
+    """Alembic prepends `prepend_sys_path` to sys.path on every ScriptDirectory.from_config: undone after."""
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _script_locations(alembic_ini: str) -> tuple[Path, list[Path]]:
+    """(script directory, version locations) as Alembic itself resolves them from the configuration."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    config = _alembic_config(alembic_ini)
+    with _sys_path_kept():
+        try:
+            script = ScriptDirectory.from_config(config)
+        except CommandError as exc:
+            raise ConfigError(f"cannot read the Alembic scripts configured in {alembic_ini!r}: {exc}") from exc
+        versions = getattr(script, "_version_locations", None) or [Path(script.dir, "versions")]
+        return Path(script.dir).resolve(), [Path(p).resolve() for p in versions]
+
+
+def _alembic_files(alembic_ini: str) -> list[tuple[str, Path]]:
+    """(stable name, path) of every Python file that shapes the migrated schema: env.py and the revisions."""
+    root, locations = _script_locations(alembic_ini)
+    found: dict[Path, str] = {}
+    for base in [root, *locations]:
+        for path in base.rglob("*.py"):
+            if "__pycache__" in path.parts:
+                continue
+            rel = path.relative_to(root) if path.is_relative_to(root) else path.relative_to(base)
+            found.setdefault(path.resolve(), rel.as_posix())
+    return sorted(((name, path) for path, name in found.items()), key=lambda item: item[0])
+
+
+def _metadata_ddl(metadata: MetaData) -> str:
+    """The CREATE statements `metadata.create_all` would run on PostgreSQL, in order."""
+    from sqlalchemy import create_mock_engine
+
+    statements: list[str] = []
+
+    def collect(sql: Any, *_: Any, **__: Any) -> None:
+        statements.append(str(sql.compile(dialect=engine.dialect)).strip())
+
+    engine = create_mock_engine("postgresql+asyncpg://", collect)
+    metadata.create_all(engine, checkfirst=False)
+    return ";\n".join(statements)
+
+
+def template_hash(alembic_ini: str | None, metadata: MetaData | None) -> str:
+    """12 hex characters covering what the template is built from.
+
+    With Alembic: env.py and every revision file's bytes, sorted by path (the metadata is not used to build
+    the template then, so it is not hashed: a model edit without a migration leaves the template valid).
+    Without Alembic: the metadata's CREATE DDL.
+    """
+    digest = hashlib.sha256(_BUILD_VERSION)
+    if alembic_ini:
+        digest.update(b"alembic\n")
+        for name, path in _alembic_files(alembic_ini):
+            data = path.read_bytes()
+            digest.update(f"{name}\0{len(data)}\0".encode())
+            digest.update(data)
+    elif metadata is not None:
+        digest.update(b"metadata\n")
+        digest.update(_metadata_ddl(metadata).encode())
+    else:
+        raise ConfigError(
+            "no schema source: set dashtam_alembic_ini to the project's alembic.ini, "
+            "or dashtam_metadata to its SQLAlchemy metadata"
+        )
+    return digest.hexdigest()[:12]

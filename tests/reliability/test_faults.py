@@ -1,0 +1,137 @@
+"""Faults in the middle of a run: a server stopped (SIGSTOP) or killed while a test talks to it.
+
+The promise: no wait without a deadline. The run ends within --dashtam-timeout plus the teardown's own
+bounded waits, with one line naming the server and the test, nothing of the stack is left running, and the
+next run passes. Each fault is tried DASHTAM_FAULT_TRIALS times (1 by default, in every `make test`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from dev_data import DevData, dev_data
+from selftest import Servers, suspended_guard
+from todo_project import Todo, finish
+
+from pytest_dashtam.watchdog import Server, Watchdog, ping
+
+TRIALS = int(os.environ.get("DASHTAM_FAULT_TRIALS", "1"))
+TIMEOUT = 5  # --dashtam-timeout of the runs under test
+# A hang is a run that outlives this; a bounded one ends well before (a watchdog's wait, then teardown's).
+HANG = 90
+
+TALKS_FOR_A_WHILE = """
+import asyncio
+from sqlalchemy import text
+
+async def test_talks_to_both_servers(db_session, redis_client):
+    for i in range(600):
+        await db_session.execute(text("SELECT 1"))
+        await redis_client.set("k", i)
+        await asyncio.sleep(0.05)
+"""
+
+
+@pytest.fixture(scope="module")
+def planted(servers: Servers) -> Iterator[DevData]:
+    with suspended_guard(), dev_data(servers.postgres_url, servers.redis_url) as data:
+        yield data
+
+
+def _stack_processes(root: int) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process(root).children(recursive=True)
+        if p.name() in ("postgres", "redis-server", "valkey-server")
+    ]
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+@pytest.mark.parametrize(
+    ("server", "sig"),
+    [("postgres", "SIGSTOP"), ("redis-server", "SIGSTOP"), ("redis-server", "SIGKILL"), ("postgres", "SIGKILL")],
+)
+def test_a_server_stopped_or_killed_mid_run_ends_the_run_with_one_line(
+    tmp_path: Path, servers: Servers, planted: DevData, server: str, sig: str, trial: int
+) -> None:
+    del trial
+    before = planted.checksum()
+    todo = Todo.make(tmp_path / "todo", servers.postgres_url, servers.redis_url, 1)
+    (todo.path / "tests" / "test_talks.py").write_text(TALKS_FOR_A_WHILE)
+    run = todo.start("tests/test_talks.py", f"--dashtam-timeout={TIMEOUT}", backend="local")
+    deadline = time.monotonic() + 60
+    victims: list[psutil.Process] = []
+    while time.monotonic() < deadline and not victims:
+        time.sleep(0.2)
+        # The postmaster (the parent of the other postgres processes) or the Redis server.
+        victims = [p for p in _stack_processes(run.pid) if p.name().startswith(server) and p.ppid() == run.pid]
+    assert victims, "the run never started its servers"
+    time.sleep(2)  # into the test's body
+    stack = _stack_processes(run.pid)
+    victims[0].send_signal(getattr(signal, sig))
+    stopped_at = time.monotonic()
+    try:
+        result = finish(run, timeout=HANG)
+    finally:
+        for process in stack:
+            if process.is_running() and sig == "SIGSTOP":
+                process.send_signal(signal.SIGCONT)
+    took = time.monotonic() - stopped_at
+    kind = "PostgreSQL" if server == "postgres" else "Redis"
+    # Stopped by the watchdog during the test, or right after the test failed on the dead server.
+    result.stdout.fnmatch_lines([f"dashtam: {kind} at 127.0.0.1:* the run was stopped * tests/test_talks.py::*"])
+    assert result.ret in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    assert "Traceback (most recent call last)" not in result.stdout.str() + result.stderr.str()
+    print(f"{kind} {sig}: the run ended {took:.1f} s after the fault")
+    # Nothing of the stack is left running, and the next run passes.
+    assert not [p for p in stack if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    again = todo.run("tests/test_todo.py", backend="local")
+    again.assert_outcomes(passed=5)
+    assert planted.checksum() == before
+
+
+class _Silent:
+    """A listener that accepts connections and never answers: a stopped server, as the kernel shows it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_ping_tells_answer_silence_and_refusal(servers: Servers) -> None:
+    silent = _Silent()
+    try:
+        assert ping(Server("Redis", "127.0.0.1", silent.port), timeout=0.3) == "silent"
+    finally:
+        silent.close()
+    assert ping(Server("PostgreSQL", "127.0.0.1", silent.port), timeout=0.3) == "refused"
+    assert ping(Server.from_url("PostgreSQL", servers.postgres_url), timeout=2) is None
+    assert ping(Server.from_url("Redis", servers.redis_url), timeout=2) is None
+
+
+def test_the_watchdog_fires_once_with_the_server_and_the_test() -> None:
+    silent = _Silent()
+    fired = threading.Event()
+    watchdog = Watchdog([Server("PostgreSQL", "127.0.0.1", silent.port)], 1.5, lambda: "tests/x.py::t", fired.set)
+    try:
+        watchdog.start()
+        assert fired.wait(10)
+    finally:
+        watchdog.stop()
+        silent.close()
+    assert watchdog.fired is not None
+    assert watchdog.fired.startswith(f"PostgreSQL at 127.0.0.1:{silent.port} has not answered for ")
+    assert watchdog.fired.endswith("the run was stopped during tests/x.py::t")

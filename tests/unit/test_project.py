@@ -1,0 +1,40 @@
+"""project.py: the project's objects imported by configuration, its settings loaded and refusing one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_dashtam.errors import ConfigError
+from pytest_dashtam.project import import_object, load_settings
+
+
+def test_import_object_errors_name_the_option() -> None:
+    assert import_object("os.path:join", "app") is os.path.join
+    with pytest.raises(ConfigError, match=r"dashtam_app='no_such_module_x:app': cannot import 'no_such_module_x'"):
+        import_object("no_such_module_x:app", "app")
+    with pytest.raises(ConfigError, match=r"dashtam_settings='os:Nope': 'os' has no attribute 'Nope'"):
+        import_object("os:Nope", "settings")
+
+
+class StrictSettings:
+    def __init__(self, **kwargs: Any) -> None:
+        if "STRICT_URL" not in os.environ:
+            raise ValueError("STRICT_URL missing: postgresql://u:secret@h/db\nsecond line")
+        self.url = os.environ["STRICT_URL"]
+
+
+def test_settings_read_the_environment_and_refusals_are_one_line_and_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRICT_URL", "x")
+    assert load_settings(f"{__name__}:StrictSettings", tmp_path / ".env.test").url == "x"
+    monkeypatch.delenv("STRICT_URL")
+    with pytest.raises(ConfigError) as info:
+        load_settings(f"{__name__}:StrictSettings", tmp_path / ".env.test")
+    assert "\n" not in str(info.value)
+    assert "secret" not in str(info.value)
+    assert "refused the test env file" in str(info.value)
