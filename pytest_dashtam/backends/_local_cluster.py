@@ -55,6 +55,15 @@ def cache_root() -> Path:
     return base / "pytest-dashtam"
 
 
+def seed_cache_root() -> Path | None:
+    """Where a finished test cluster may be kept as a seed; None when the named cache folder is unusable
+    (the start already said so): teardown must still stop the servers, never fail on the cache."""
+    try:
+        return cache_root()
+    except ConfigError:
+        return None
+
+
 def _copy_tree(src: Path, dst: Path) -> None:
     """Copy preserving modes and (as root) owners; cp is several times faster than copytree here."""
     cp = shutil.which("cp")

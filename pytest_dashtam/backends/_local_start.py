@@ -298,4 +298,8 @@ class Launch:
         )
         state.stack = stack.to_dict()
         write_state(self.state_dir, state)
+        if state.remove_run_dir and not state.keep:
+            from pytest_dashtam.backends._local_janitor import spawn as spawn_janitor
+
+            spawn_janitor(self.state_dir, state.run_id)  # takes the stack down if this run is killed
         return stack

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from pytest_dashtam.backends._local_binaries import PgBinaries, RedisBinary, find_postgres, find_redis
-from pytest_dashtam.backends._local_cluster import SEED_REQUEST, cache_root
+from pytest_dashtam.backends._local_cluster import SEED_REQUEST, seed_cache_root
 from pytest_dashtam.backends._local_procs import RunAs, pick_run_as
 from pytest_dashtam.backends._local_reach import reachable_binaries
 from pytest_dashtam.backends._local_reap import reap_and_attach, teardown_state
@@ -207,7 +207,7 @@ class LocalBackend:
         launch = self._launch
         if launch is None:
             return
-        teardown_state(launch.state, launch.children, seed_cache=self.cache_dir or cache_root())
+        teardown_state(launch.state, launch.children, seed_cache=self.cache_dir or seed_cache_root())
         remove_state(self.state_dir, launch.state.run_id)
         self._launch = None
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -19,12 +20,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 from dev_data import DevData, dev_data
 from foreign import databases_like
 from passwords import SECRET, with_password
 from selftest import Servers, suspended_guard
 from todo_project import Todo
+
+SERVER_NAMES = ("postgres", "redis-server", "valkey-server")
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,16 @@ def _set_ini(todo: Todo, values: dict[str, str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def orphaned_servers(since: float) -> list[str]:
+    """Server processes started since `since` whose parent is gone: what a refused run must not leave."""
+    found = []
+    for process in psutil.process_iter(["name", "ppid", "create_time", "cmdline"]):
+        info = process.info
+        if info["ppid"] == 1 and info["name"] in SERVER_NAMES and info["create_time"] >= since:
+            found.append(" ".join(info["cmdline"] or [info["name"]]))
+    return found
+
+
 def one_line(result: pytest.RunResult, expect: str, *, exit_code: int, prefix: str) -> str:
     """The run's single error line, after checking there is no traceback and no password anywhere."""
     out = "\n".join(result.outlines + result.errlines)
@@ -268,9 +282,11 @@ def test_pytest_refuses_bad_configuration(case: Case, todo: Todo, planted: DevDa
         case.setup(todo)
     env = {k: _fill(v, todo) for k, v in case.env.items()}
     args = [_fill(a, todo) for a in case.args]
+    started = time.time()
     result = todo.run("tests/test_todo.py", *args, backend=case.backend, **env)
     one_line(result, case.expect, exit_code=pytest.ExitCode.USAGE_ERROR, prefix="ERROR: pytest-dashtam: ")
     assert databases_like(planted.postgres_url, todo.database) == set()
+    assert orphaned_servers(since=started) == []
     assert planted.checksum() == before
 
 

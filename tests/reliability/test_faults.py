@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,9 +31,12 @@ HANG = 90
 
 TALKS_FOR_A_WHILE = """
 import asyncio
+import os
+from pathlib import Path
 from sqlalchemy import text
 
 async def test_talks_to_both_servers(db_session, redis_client):
+    Path(os.environ["TALK_STARTED"]).touch()  # the harness injects its fault once the body runs
     for i in range(600):
         await db_session.execute(text("SELECT 1"))
         await redis_client.set("k", i)
@@ -54,6 +58,17 @@ def _stack_processes(root: int) -> list[psutil.Process]:
     ]
 
 
+def _wait_for(started: Path, run: subprocess.Popen[str]) -> None:
+    """Until the inner test's body runs (it touches `started`); the run failing before that fails the test."""
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        if run.poll() is not None or time.monotonic() > deadline:
+            run.kill()
+            out, err = run.communicate()
+            raise AssertionError(f"the inner run never reached its test:\n{out}\n{err}")
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("trial", range(TRIALS))
 @pytest.mark.parametrize(
     ("server", "sig"),
@@ -66,15 +81,12 @@ def test_a_server_stopped_or_killed_mid_run_ends_the_run_with_one_line(
     before = planted.checksum()
     todo = Todo.make(tmp_path / "todo", servers.postgres_url, servers.redis_url, 1)
     (todo.path / "tests" / "test_talks.py").write_text(TALKS_FOR_A_WHILE)
-    run = todo.start("tests/test_talks.py", f"--dashtam-timeout={TIMEOUT}", backend="local")
-    deadline = time.monotonic() + 60
-    victims: list[psutil.Process] = []
-    while time.monotonic() < deadline and not victims:
-        time.sleep(0.2)
-        # The postmaster (the parent of the other postgres processes) or the Redis server.
-        victims = [p for p in _stack_processes(run.pid) if p.name().startswith(server) and p.ppid() == run.pid]
-    assert victims, "the run never started its servers"
-    time.sleep(2)  # into the test's body
+    started = tmp_path / "started"
+    run = todo.start("tests/test_talks.py", f"--dashtam-timeout={TIMEOUT}", backend="local", TALK_STARTED=str(started))
+    _wait_for(started, run)
+    # The postmaster (the parent of the other postgres processes) or the Redis server.
+    victims = [p for p in _stack_processes(run.pid) if p.name().startswith(server) and p.ppid() == run.pid]
+    assert victims, "the run has no such server"
     stack = _stack_processes(run.pid)
     victims[0].send_signal(getattr(signal, sig))
     stopped_at = time.monotonic()
@@ -135,3 +147,32 @@ def test_the_watchdog_fires_once_with_the_server_and_the_test() -> None:
     assert watchdog.fired is not None
     assert watchdog.fired.startswith(f"PostgreSQL at 127.0.0.1:{silent.port} has not answered for ")
     assert watchdog.fired.endswith("the run was stopped during tests/x.py::t")
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_a_killed_run_leaves_no_server_and_no_files(
+    tmp_path: Path, servers: Servers, planted: DevData, trial: int
+) -> None:
+    """SIGKILL of the run's whole process group: no teardown runs, the janitor takes the stack down."""
+    del trial
+    before = planted.checksum()
+    todo = Todo.make(tmp_path / "todo", servers.postgres_url, servers.redis_url, 1)
+    (todo.path / "tests" / "test_talks.py").write_text(TALKS_FOR_A_WHILE)
+    started = tmp_path / "started"
+    # A session of its own: its pid is the process group.
+    run = todo.start("tests/test_talks.py", backend="local", TALK_STARTED=str(started))
+    _wait_for(started, run)
+    stack = [p for p in _stack_processes(run.pid) if p.ppid() == run.pid]
+    assert len(stack) == 2, "the run has not its two servers"
+    postmaster = next(p for p in stack if p.name() == "postgres")
+    data_dir = Path(postmaster.cmdline()[postmaster.cmdline().index("-D") + 1])
+    os.killpg(run.pid, signal.SIGKILL)
+    run.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (data_dir.exists() or any(p.is_running() for p in stack)):
+        time.sleep(0.2)
+    assert not [p for p in stack if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not data_dir.exists()
+    again = todo.run("tests/test_todo.py", backend="local")
+    again.assert_outcomes(passed=5)
+    assert planted.checksum() == before
