@@ -30,7 +30,7 @@ from pytest_dashtam.environment import Handoff, export_env, restore_env
 from pytest_dashtam.errors import ConfigError, SafetyError, SchemaError
 from pytest_dashtam.fixtures import CONFIG_ERROR_KEY, RUN_KEY, STACK_FIXTURES
 from pytest_dashtam.project import import_object
-from pytest_dashtam.report import PHASES, describe_report
+from pytest_dashtam.report import PHASES, describe_report, header_lines
 from pytest_dashtam.run import DashtamRun
 from pytest_dashtam.watchdog import Server, Watchdog
 
@@ -283,50 +283,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if plugin_config is None:
         error = config.stash.get(CONFIG_ERROR_KEY, None)
         return [f"dashtam: {__version__}, idle: {error}"] if error is not None else []
-    c = plugin_config
-    run = config.stash.get(RUN_KEY, None)
-    controller = run is not None and run.role == "controller"
-    database = run.database if run is not None and run.database else c.test_database
-    lines = [
-        f"dashtam: {__version__}, {c.describe('backend')}, {c.describe('env_file')}, {c.describe('settings')}",
-        f"dashtam: test database {database}{'_gwN per xdist worker' if controller else ''}, "
-        f"{c.describe('redis_index')}, {c.describe('dev_database')}, {c.describe('dev_redis_index')}",
-    ]
-    if run is not None and run.stack is not None and run.error is None:
-        lines.append(f"dashtam: {run.describe_stack()}")
-    if controller and run is not None:  # elsewhere the notes come with the database line, once prepared
-        lines.extend(f"dashtam: {note}" for note in run.notes)
-    missing = [
-        f"dashtam_{name}" for name in ("app", "session_dependency", "redis_dependency") if getattr(c, name) is None
-    ]
-    if missing:
-        lines.append(
-            f"dashtam: not set: {', '.join(missing)} "
-            "(`client` needs dashtam_app; a dependency not named is not overridden)"
-        )
-    if c.postgres_url and c.redis_url:
-        from pytest_dashtam.urls import mask_url
-
-        lines.append(
-            f"dashtam: postgres_url={mask_url(c.postgres_url)} (from {c.source('postgres_url')}), "
-            f"redis_url={mask_url(c.redis_url)} (from {c.source('redis_url')})"
-        )
-    if config.get_verbosity() > 0:  # -v: every option, and where it came from
-        lines.extend(f"dashtam:   {_describe_masked(c, o.name)}" for o in OPTIONS)
-    else:
-        flags = [c.describe(n) for n in ("keep", "rebuild", "alembic_ini") if c.source(n) != "default"]
-        if flags:
-            lines.append("dashtam: " + ", ".join(flags))
-    return lines
-
-
-def _describe_masked(c: PluginConfig, name: str) -> str:
-    if name in ("postgres_url", "redis_url") and getattr(c, name):
-        from pytest_dashtam.urls import mask_url
-
-        source = c.source(name)
-        return f"{name}={mask_url(getattr(c, name))} ({'default' if source == 'default' else 'from ' + source})"
-    return c.describe(name)
+    return header_lines(plugin_config, config.stash.get(RUN_KEY, None), verbose=config.get_verbosity() > 0)
 
 
 # --- garbage collection during the run --------------------------------------------------------------------

@@ -6,7 +6,11 @@ import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_dashtam.config import PluginConfig
+    from pytest_dashtam.run import DashtamRun
 
 PHASES = ("start", "safety", "template", "clone", "teardown")
 
@@ -40,3 +44,52 @@ def describe_report(report: Mapping[str, Any]) -> list[str]:
         f"redis index {report['redis_index']}, tuning {tuning}",
         *(f"dashtam: {note}" for note in report.get("notes", ())),
     ]
+
+
+def header_lines(c: PluginConfig, run: DashtamRun | None, *, verbose: bool) -> list[str]:
+    """The report header: where each setting came from (pytest-django's header line), passwords masked."""
+    from pytest_dashtam import __version__
+    from pytest_dashtam.config import OPTIONS
+    from pytest_dashtam.urls import mask_url
+
+    controller = run is not None and run.role == "controller"
+    database = run.database if run is not None and run.database else c.test_database
+    lines = [
+        f"dashtam: {__version__}, {c.describe('backend')}, {c.describe('env_file')}, {c.describe('settings')}",
+        f"dashtam: test database {database}{'_gwN per xdist worker' if controller else ''}, "
+        f"{c.describe('redis_index')}, {c.describe('dev_database')}, {c.describe('dev_redis_index')}",
+    ]
+    if run is not None and run.stack is not None and run.error is None:
+        lines.append(f"dashtam: {run.describe_stack()}")
+    if controller and run is not None:  # elsewhere the notes come with the database line, once prepared
+        lines.extend(f"dashtam: {note}" for note in run.notes)
+    missing = [
+        f"dashtam_{name}" for name in ("app", "session_dependency", "redis_dependency") if getattr(c, name) is None
+    ]
+    if missing:
+        lines.append(
+            f"dashtam: not set: {', '.join(missing)} "
+            "(`client` needs dashtam_app; a dependency not named is not overridden)"
+        )
+    if c.postgres_url and c.redis_url:
+        lines.append(
+            f"dashtam: postgres_url={mask_url(c.postgres_url)} (from {c.source('postgres_url')}), "
+            f"redis_url={mask_url(c.redis_url)} (from {c.source('redis_url')})"
+        )
+    if verbose:  # -v: every option, and where it came from
+        lines.extend(f"dashtam:   {_describe_masked(c, o.name)}" for o in OPTIONS)
+    else:
+        flags = [c.describe(n) for n in ("keep", "rebuild", "alembic_ini") if c.source(n) != "default"]
+        if flags:
+            lines.append("dashtam: " + ", ".join(flags))
+    return lines
+
+
+def _describe_masked(c: PluginConfig, name: str) -> str:
+    value = getattr(c, name, None)
+    if name in ("postgres_url", "redis_url") and value:
+        from pytest_dashtam.urls import mask_url
+
+        source = c.source(name)
+        return f"{name}={mask_url(value)} ({'default' if source == 'default' else 'from ' + source})"
+    return c.describe(name)

@@ -58,6 +58,16 @@ def _stack_processes(root: int) -> list[psutil.Process]:
     ]
 
 
+def _talking_run(tmp_path: Path, servers: Servers, *args: str) -> tuple[Todo, subprocess.Popen[str]]:
+    """The todo project running TALKS_FOR_A_WHILE on the local backend, returned once the test body runs."""
+    todo = Todo.make(tmp_path / "todo", servers.postgres_url, servers.redis_url, 1)
+    (todo.path / "tests" / "test_talks.py").write_text(TALKS_FOR_A_WHILE)
+    started = tmp_path / "started"
+    run = todo.start("tests/test_talks.py", *args, backend="local", TALK_STARTED=str(started))
+    _wait_for(started, run)
+    return todo, run
+
+
 def _wait_for(started: Path, run: subprocess.Popen[str]) -> None:
     """Until the inner test's body runs (it touches `started`); the run failing before that fails the test."""
     deadline = time.monotonic() + 120
@@ -79,11 +89,7 @@ def test_a_server_stopped_or_killed_mid_run_ends_the_run_with_one_line(
 ) -> None:
     del trial
     before = planted.checksum()
-    todo = Todo.make(tmp_path / "todo", servers.postgres_url, servers.redis_url, 1)
-    (todo.path / "tests" / "test_talks.py").write_text(TALKS_FOR_A_WHILE)
-    started = tmp_path / "started"
-    run = todo.start("tests/test_talks.py", f"--dashtam-timeout={TIMEOUT}", backend="local", TALK_STARTED=str(started))
-    _wait_for(started, run)
+    todo, run = _talking_run(tmp_path, servers, f"--dashtam-timeout={TIMEOUT}")
     # The postmaster (the parent of the other postgres processes) or the Redis server.
     victims = [p for p in _stack_processes(run.pid) if p.name().startswith(server) and p.ppid() == run.pid]
     assert victims, "the run has no such server"
@@ -156,12 +162,7 @@ def test_a_killed_run_leaves_no_server_and_no_files(
     """SIGKILL of the run's whole process group: no teardown runs, the janitor takes the stack down."""
     del trial
     before = planted.checksum()
-    todo = Todo.make(tmp_path / "todo", servers.postgres_url, servers.redis_url, 1)
-    (todo.path / "tests" / "test_talks.py").write_text(TALKS_FOR_A_WHILE)
-    started = tmp_path / "started"
-    # A session of its own: its pid is the process group.
-    run = todo.start("tests/test_talks.py", backend="local", TALK_STARTED=str(started))
-    _wait_for(started, run)
+    todo, run = _talking_run(tmp_path, servers)  # a session of its own: its pid is the process group
     stack = [p for p in _stack_processes(run.pid) if p.ppid() == run.pid]
     assert len(stack) == 2, "the run has not its two servers"
     postmaster = next(p for p in stack if p.name() == "postgres")
