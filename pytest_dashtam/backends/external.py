@@ -18,12 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pytest_dashtam.backends.base import BackendName, BackendOptions, Stack, StackStatus, UnsupportedError
-from pytest_dashtam.errors import BackendError
+from pytest_dashtam.errors import BackendError, ConfigError
 from pytest_dashtam.poll import PollTimeout, apoll, first_line, poll
 from pytest_dashtam.urls import libpq_url, mask_url
 
@@ -127,9 +127,14 @@ def _redis_facts(url: str, deadline: float) -> dict[str, Any]:
         except ResponseError:
             databases = None
         return {"version": version, "databases": databases}
+    except AuthenticationError as exc:  # a ConnectionError to redis-py, but no retry will change the answer
+        raise ConfigError(
+            f"Redis at {mask_url(url)} refused the credentials: {first_line(exc).rstrip('.')}; check the user "
+            "and password in --dashtam-redis-url / DASHTAM_REDIS_URL"
+        ) from None
     except _TRANSIENT_REDIS_ERRORS:
         raise
-    except RedisError as exc:  # wrong password, protocol error: retrying will not help
+    except RedisError as exc:  # a protocol error: retrying will not help
         raise BackendError(
             f"Redis at {mask_url(url)} refused the connection: {first_line(exc).rstrip('.')}; check the password "
             "and the URL in --dashtam-redis-url / DASHTAM_REDIS_URL"

@@ -136,6 +136,11 @@ CASES: list[Case] = [
     Case("redis-index-option-not-a-number", "*--dashtam-redis-index*'abc'*", args=("--dashtam-redis-index=abc",)),
     # --- malformed URLs ---
     Case(
+        "redis-wrong-password",
+        "*Redis at redis://someone:***@*refused the credentials*",
+        env={"DASHTAM_REDIS_URL": "{redis_user_secret}"},
+    ),
+    Case(
         "db-port-not-a-number",
         "*port*",
         env_file={"database_url": "postgresql+asyncpg://postgres:{secret}@127.0.0.1:abc/todo_x_test"},
@@ -215,6 +220,8 @@ def _fill(value: str, todo: Todo) -> str:
 
     out = value.replace("{secret}", SECRET).replace("{db}", todo.database).replace("{root}", str(todo.path))
     out = out.replace("{redis}", todo.redis_url.rstrip("/"))
+    redis_parts = urlsplit(todo.redis_url)
+    out = out.replace("{redis_user_secret}", f"redis://someone:{SECRET}@{redis_parts.netloc}")
     out = out.replace("{pg}", f"postgresql+asyncpg://postgres:{SECRET}@{host}")
     while "{pg:" in out:
         start = out.index("{pg:")
