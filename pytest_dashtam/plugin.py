@@ -169,6 +169,14 @@ def _load(config: pytest.Config, namespace: Any) -> None:
     # A run that dies before pytest's own cleanup (a conftest that fails to import) still takes its stack down.
     atexit.register(_finish_at_exit, run)
     run.open()
+    if isinstance(run.error, KeyboardInterrupt):
+        # Ctrl-C while the stack started. This hook runs before pytest's own interrupt handling exists (a
+        # KeyboardInterrupt here is a traceback), and an import it cut short may have left a module half
+        # made, so nothing more of the run may happen: take the stack down and end as pytest's interrupt does.
+        with contextlib.suppress(Exception):
+            run.finish()
+        sys.stderr.write("!!! KeyboardInterrupt: pytest-dashtam was starting the test stack; it was taken down !!!\n")
+        raise SystemExit(pytest.ExitCode.INTERRUPTED)
     _refuse_misconfigured(run)
 
 
