@@ -578,6 +578,11 @@ def test_failing_server_reports_log_tail(open_dir: Path, backends: Callable[...,
 
 
 def _children_of(pid: int) -> list[int]:
+    """The server processes (postgres, redis-server, valkey-server) whose parent is `pid`.
+
+    Only servers: other children come and go on their own (a stack's janitor ends half a second after the
+    stack it watches was stopped), which says nothing about what a failed start left behind.
+    """
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -585,7 +590,12 @@ def _children_of(pid: int) -> list[int]:
                 raw = Path(f"/proc/{entry.name}/stat").read_text()
             except OSError:
                 continue
-            if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
+            name = raw[raw.index("(") + 1 : raw.rindex(")")]
+            if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid and name in (
+                "postgres",
+                "redis-server",
+                "valkey-server",
+            ):
                 found.append(int(entry.name))
     return found
 
