@@ -194,13 +194,17 @@ class ProcessId:
     def stop(self, first: int, timeout: float, child: subprocess.Popen[bytes] | None = None) -> None:
         """Signal `first` to the leader and wait up to `timeout`; then SIGKILL the whole group.
 
-        With `first` = SIGKILL the group is killed at once. Whatever lingers in the group afterwards (the
+        With `first` = SIGKILL the group is killed at once; otherwise the group is continued (SIGCONT) so a
+        stopped leader can act on `first`. Whatever lingers in the group afterwards (the
         backends of a PostgreSQL killed hard) is killed too.
         """
         if first == signal.SIGKILL:
             self.signal_group(signal.SIGKILL)
         else:
             self.signal(first)
+            # A stopped process (SIGSTOP, a debugger) handles `first` only once it runs again: without this
+            # the whole `timeout` would pass before the SIGKILL. A running process ignores SIGCONT.
+            self.signal_group(signal.SIGCONT)
             if not self.wait_gone(timeout, child):
                 self.signal_group(signal.SIGKILL)
         self.wait_gone(5.0, child)
