@@ -402,7 +402,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     problems = config.stash[PROBLEMS_KEY] = run.finish(servers_answer=watchdog is None or watchdog.fired is None)
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
-        workeroutput["dashtam_report"] = run.report()
+        report = run.report()
+        if watchdog is not None and watchdog.fired:
+            report["stopped"] = watchdog.fired  # a worker's summary is not shown: the controller says it
+        workeroutput["dashtam_report"] = report
     for problem in problems:  # after everything was done: a warning turned error must not leave work undone
         warnings.warn(DashtamTeardownWarning(f"pytest-dashtam teardown: {problem}"), stacklevel=1)
 
@@ -421,6 +424,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         reports = sorted(worker_reports, key=lambda r: str(r.get("database", "")))
         for report in reports:
             lines.extend(describe_report(report)[1:] if "error" not in report else describe_report(report))
+            if report.get("stopped"):
+                lines.append(f"dashtam: {report['stopped']}")
     elif run is not None and (run.prepared is not None or run.error is not None):
         reports = [run.report()]
     if plugin_config.timings:
