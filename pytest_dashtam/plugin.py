@@ -186,15 +186,16 @@ def _load(config: pytest.Config, namespace: Any) -> None:
 _CONFIGURATION_ERRORS = (ConfigError, SafetyError, SchemaError)
 
 
-def _refuse_misconfigured(run: DashtamRun) -> None:
-    """A UsageError for a configuration error the run met, after taking down what it started.
+def _refuse_misconfigured(run: DashtamRun, error: BaseException | None = None) -> None:
+    """A UsageError for a configuration error the run met (`error`, else the run's own), after taking down
+    what it started.
 
     An xdist worker keeps the error for its tests instead: a UsageError there would crash the worker, and the
     controller already refused what it could see.
     """
-    if run.role == "worker" or not isinstance(run.error, _CONFIGURATION_ERRORS):
+    error = error if error is not None else run.error
+    if run.role == "worker" or not isinstance(error, _CONFIGURATION_ERRORS):
         return
-    error = run.error
     with contextlib.suppress(Exception):
         run.finish()
     raise pytest.UsageError(f"pytest-dashtam: {error}") from None
@@ -254,10 +255,6 @@ def _fixtures_used(items: list[pytest.Item]) -> set[str]:
     return {name for item in items for name in getattr(item, "fixturenames", ())}
 
 
-def _needs_stack(items: list[pytest.Item]) -> bool:
-    return bool(STACK_FIXTURES.intersection(_fixtures_used(items)))
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Prepare the stack once collection shows a test needs it; a failure is kept for those tests' errors."""
@@ -265,16 +262,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is None or run.role == "controller" or _runs_no_tests(config.option):
         return
-    if not _needs_stack(session.items):
+    used = _fixtures_used(session.items)
+    if not STACK_FIXTURES.intersection(used):
         return
-    if run.error is None and run.config.app is not None and "client" in _fixtures_used(session.items):
+    if run.error is None and run.config.app is not None and "client" in used:
         try:
             import_object(run.config.app, "app")  # imported only: an app factory is called by the fixture
         except ConfigError as exc:
-            if run.role != "worker":  # before the template is built: a refused run creates nothing
-                with contextlib.suppress(Exception):
-                    run.finish()
-                raise pytest.UsageError(f"pytest-dashtam: {exc}") from None
+            _refuse_misconfigured(run, exc)  # before the template is built: a refused run creates nothing
     with contextlib.suppress(Exception):  # remembered by run: every test that needs the stack errors with it
         run.prepare()
     _refuse_misconfigured(run)

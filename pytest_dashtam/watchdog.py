@@ -26,6 +26,7 @@ from pytest_dashtam.urls import host_port
 # The SSLRequest message: length 8, then the magic code 1234.5679; any live server answers 'S' or 'N'.
 _SSL_REQUEST = struct.pack("!II", 8, 80877103)
 _INTERVAL = 1.0
+_GONE = "refuses connections: the test stack is gone (a server was stopped or killed)"
 # A refused connection is final only when it repeats: a server restarting its listener refuses briefly.
 _REFUSALS = 3
 
@@ -123,11 +124,7 @@ class Watchdog:
                 problem = ping(server, timeout=min(2.0, self.timeout))
                 if problem is None:
                     continue
-                why = (
-                    "refuses connections: the test stack is gone (a server was stopped or killed)"
-                    if problem == "refused"
-                    else f"did not answer a ping: {problem}"
-                )
+                why = _GONE if problem == "refused" else f"did not answer a ping: {problem}"
                 self.fired = f"{server.kind} at {server.where} {why}; the run was stopped after {self.current()}"
                 return self.fired
             return None
@@ -147,7 +144,7 @@ class Watchdog:
                 refusals[server] = refusals[server] + 1 if problem == "refused" else 0
                 quiet = now - last_answer[server]
                 if refusals[server] >= _REFUSALS:
-                    why = "refuses connections: the test stack is gone (a server was stopped or killed)"
+                    why = _GONE
                 elif quiet >= self.timeout:
                     why = f"has not answered for {quiet:.0f} s (limit {self.timeout:g} s, --dashtam-timeout): {problem}"
                 else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,15 +29,16 @@ def _config(project: Path, **cli: object) -> PluginConfig:
     return build_config({"env_file": ".env.test", "alembic_ini": "", **cli}, {}, {}, project)
 
 
-def _stack(databases: int | None = 16) -> Stack:
+def _stack(databases: int | None = 16, **facts: Any) -> Stack:
     return Stack(
-        backend="external",
+        backend=facts.pop("backend", "external"),
         env="test",
         postgres_url="postgresql://postgres@127.0.0.1:5432/postgres",
         redis_url="redis://127.0.0.1:6379",
         postgres_version="15",
         redis_version="7",
         redis_databases=databases,
+        **facts,
     )
 
 
@@ -118,16 +120,7 @@ def _finished(
 
     monkeypatch.setattr(schema, "drop_test_database", drop)
     run = DashtamRun(_config(project, keep=keep))
-    stack = Stack(
-        backend="local",
-        env="test",
-        postgres_url="postgresql://postgres@127.0.0.1:5432/postgres",
-        redis_url="redis://127.0.0.1:6379",
-        postgres_version="15",
-        redis_version="7",
-        owns_servers=owns,
-        started=started,
-    )
+    stack = _stack(None, backend="local", owns_servers=owns, started=started)
     run._prepared = Prepared(
         stack=stack,
         settings=None,
