@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
@@ -15,6 +14,7 @@ from pytest_dashtam.cli.envs import Env, say
 from pytest_dashtam.cli.running import choose_backend, find_running, remember_backend
 from pytest_dashtam.config import PluginConfig
 from pytest_dashtam.errors import BackendError, SafetyError
+from pytest_dashtam.isolation import run_async
 from pytest_dashtam.urls import mask_url
 
 
@@ -35,9 +35,9 @@ def cmd_up(env: Env, *, run_app: bool) -> int:
     if env.name == "dev":
         from pytest_dashtam import schema
 
-        asyncio.run(provision_dev(stack, env))
+        run_async(lambda: provision_dev(stack, env))
         alembic_ini = env.config.alembic_ini or env.root / "alembic.ini"
-        asyncio.run(schema.migrate(app_database_url(stack, env), str(alembic_ini)))
+        run_async(lambda: schema.migrate(app_database_url(stack, env), str(alembic_ini)))
         say("dev database migrated to head")
     _print_stack(stack, env, reason=reason)
     if env.name == "dev" and run_app:
@@ -145,6 +145,6 @@ def cmd_reset(env: Env) -> int:
     backend, _reason = choose_backend(env)
     stack = backend.start()
     remember_backend(env, backend.name)
-    test_db = asyncio.run(_reset_test(stack, env, config))
+    test_db = run_async(lambda: _reset_test(stack, env, config))
     say(f"test: database {test_db} rebuilt from the migrations, Redis index {app_redis_url(stack, env)} emptied")
     return 0

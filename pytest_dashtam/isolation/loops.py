@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -46,10 +46,38 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
-            return runner.run(main())
+        return _run_in_fresh_loop(main())
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(lambda: asyncio.Runner(loop_factory=asyncio.new_event_loop).run(main())).result()
+
+
+# How long the tasks of an interrupted loop get to unwind (close their connections) before it is closed.
+_UNWIND_S = 5.0
+
+
+def _run_in_fresh_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`main` in a new loop that Ctrl-C stops as Python's default handler does: KeyboardInterrupt at once.
+
+    `asyncio.Runner` (and `asyncio.run`) turn SIGINT into a cancellation of the main task and raise
+    KeyboardInterrupt only if the task ends cancelled; any code under it that takes a CancelledError for a
+    timeout (a `wait_for` racing its inner future on 3.11, a driver's connect timeout) ends the task
+    normally and the interrupt is lost: the run goes on after Ctrl-C, or after the watchdog's SIGINT. Here
+    the interrupt propagates out of the loop, then the pending tasks are cancelled and given a bounded
+    time to unwind, as `asyncio.run` did before Python 3.11.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=_UNWIND_S))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
 
 @dataclass

