@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 from pytest_dashtam.isolation import run_async
 
 
-def _sigint_soon(delay: float = 0.2) -> threading.Timer:
+@contextlib.contextmanager
+def interrupted_soon(delay: float = 0.2) -> Iterator[None]:
+    """Ctrl-C (SIGINT to this process) `delay` seconds in, and KeyboardInterrupt expected out of the block."""
     timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
-    return timer
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        timer.cancel()
 
 
 def test_ctrl_c_reaches_the_caller_even_when_the_coroutine_swallows_cancellation() -> None:
@@ -31,12 +39,8 @@ def test_ctrl_c_reaches_the_caller_even_when_the_coroutine_swallows_cancellation
                 unwound.append("cancelled")  # taken for a timeout and retried: what some drivers do
         return "went on after Ctrl-C"
 
-    timer = _sigint_soon()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_async(swallows)
-    finally:
-        timer.cancel()
+    with interrupted_soon():
+        run_async(swallows)
     # The interrupted coroutine was cancelled and given its bounded time to unwind, not left pending.
     assert unwound
 
@@ -50,12 +54,8 @@ def test_the_interrupted_coroutine_closes_what_it_opened() -> None:
         finally:
             closed.set()
 
-    timer = _sigint_soon()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_async(holds)
-    finally:
-        timer.cancel()
+    with interrupted_soon():
+        run_async(holds)
     assert closed.is_set()
 
 
