@@ -20,9 +20,10 @@ from todo_project import Todo, finish
 
 ADMIN_URL = os.environ.get("DASHTAM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DASHTAM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-# Pairs of concurrent runs per combination: 2 by default (every `make test`); the issue's full acceptance count
-# is DASHTAM_CONCURRENCY_TRIALS=5 (README, Development).
-TRIALS = int(os.environ.get("DASHTAM_CONCURRENCY_TRIALS", "2"))
+# Pairs of concurrent runs per combination: 1 by default (every `make test`: each combination starts its second
+# run at its own moment, so "together" and "mid-run" are both tried); the issue's full acceptance count is
+# DASHTAM_CONCURRENCY_TRIALS=5 (README, Development), which spreads every combination's starts over 0-1.6 s.
+TRIALS = int(os.environ.get("DASHTAM_CONCURRENCY_TRIALS", "1"))
 APP_TESTS = ("tests/test_todo.py", "tests/test_escape.py")
 
 
@@ -96,15 +97,18 @@ def test_foreign_database_and_index_with_the_test_names_on_the_run_s_own_server(
     _no_leftovers(todo)
 
 
-@pytest.mark.parametrize(("first", "second"), [("0", "0"), ("2", "2"), ("0", "2")])
-def test_two_runs_at_once_on_one_server(todo: Todo, shared: Foreign, tmp_path: Path, first: str, second: str) -> None:
+@pytest.mark.parametrize(("first", "second", "offset"), [("0", "0", 0.0), ("2", "2", 1.6), ("0", "2", 0.8)])
+def test_two_runs_at_once_on_one_server(
+    todo: Todo, shared: Foreign, tmp_path: Path, first: str, second: str, offset: float
+) -> None:
     """Case 3: two checkouts of one project, started together or one mid-run, on one external server."""
     other = todo.copy(tmp_path / "b")
     before = shared.checksum()
     for trial in range(TRIALS):
         a = todo.start("tests/test_alone.py", "-n", first, TODO_RUN_MARK=f"a{trial}")
-        # From "together" to "the second starts mid-run" (1.6 s in), spread over however many trials there are.
-        time.sleep(1.6 * trial / max(TRIALS - 1, 1))
+        # From "together" to "the second starts mid-run" (1.6 s in): the combination's own moment in a single
+        # trial, spread over the whole range when there are more.
+        time.sleep(1.6 * trial / (TRIALS - 1) if TRIALS > 1 else offset)
         b = other.start("tests/test_alone.py", "-n", second, TODO_RUN_MARK=f"b{trial}")
         for result in (finish(a), finish(b)):
             result.assert_outcomes(passed=4)
