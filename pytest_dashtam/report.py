@@ -37,7 +37,7 @@ def describe_report(report: Mapping[str, Any]) -> list[str]:
     if "error" in report:
         return [f"dashtam: not started: {report['error']}"]
     tuning = " ".join(f"{k}={v}" for k, v in sorted(report.get("tuning", {}).items())) or "none"
-    hit = "cache hit" if report.get("cache_hit") else "cache miss: built"
+    hit = report.get("template_build") or ("cache hit" if report.get("cache_hit") else "cache miss: built")
     return [
         f"dashtam: backend={report['backend']} ({report['backend_reason']}): {report['postgres']}, {report['redis']}",
         f"dashtam: database {report['database']} from template {report['template']} ({hit}), "

@@ -46,6 +46,7 @@ class Prepared:
     cache_hit: bool
     tuning: Mapping[str, str]
     backend_reason: str
+    template_build: str = ""  # what ensure_template did: "cache hit", "cache miss: built [from <old> + N revisions]"
 
 
 class DashtamRun:
@@ -258,6 +259,7 @@ class DashtamRun:
             cache_hit=template.cache_hit,
             tuning=tuning,
             backend_reason=self.backend_reason,
+            template_build=template.describe(),
         )
 
     def _template(self, stack: Stack) -> Any:
@@ -360,6 +362,7 @@ class DashtamRun:
             "redis_index": p.redis_index,
             "template": p.template,
             "cache_hit": p.cache_hit,
+            "template_build": p.template_build,
             "tuning": dict(p.tuning),
             "timings": self.timings.phases,
             "notes": list(self.notes),

@@ -9,6 +9,8 @@ The package, one job per module:
 
 * `names`: the template's and test databases' names and URLs, the stamp roles, identifier quoting;
 * `hashing`: the template hash, from the Alembic scripts or the metadata's DDL;
+* `chain`: the Alembic chain a template was migrated through, recorded in its stamp, so that a chain that
+  only grew is built from a clone of the old template (its new revisions alone);
 * `ddl`: connections, advisory locks and the statements that create and drop databases, behind the checks;
 * `migration`: `alembic upgrade head` into one database, in a child process that can reach nothing else;
 * `templates`: the template's lifecycle (build, reuse, drop the stale ones) and the test databases' (clone,

@@ -2,12 +2,14 @@
 
 The hash is part of the template's name (`<test_db>_tpl_<hash>`), so a template is reused exactly while its
 inputs are unchanged: the Alembic scripts (env.py and the revisions, found the way Alembic itself finds
-them), or without Alembic the metadata's DDL. The Alembic configuration is read in this process only for
-the script files and heads; the migrations themselves run in a child process (migration.py).
+them) and the `[alembic]` section of alembic.ini, or without Alembic the metadata's DDL. The hash reads the
+files only, so a cache hit imports nothing; the order of the revisions (chain.py) is read only when a
+template is built. The migrations themselves run in a child process (migration.py).
 """
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import hashlib
 import sys
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
     from sqlalchemy import MetaData
 
 # Bump when the way a template is built changes, so templates built by an older plugin are rebuilt.
-_BUILD_VERSION = b"pytest-dashtam template v1\n"
+# v2: alembic.ini's [alembic] section is hashed, and the stamp records the chain (chain.py).
+BUILD_VERSION = b"pytest-dashtam template v2\n"
 
 
 def _alembic_config(alembic_ini: str) -> Config:
@@ -76,6 +79,20 @@ def _alembic_files(alembic_ini: str) -> list[tuple[str, Path]]:
     return sorted(((name, path) for path, name in found.items()), key=lambda item: item[0])
 
 
+def _ini_section(alembic_ini: str) -> bytes:
+    """alembic.ini's `[alembic]` section as written (`%(here)s` kept, so the checkout may move): what Alembic
+    and env.py's `config.get_main_option` read. Left out: the logging sections, and `sqlalchemy.url`, which
+    the migration process replaces with the template's (a URL that differs per machine rebuilds nothing)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(alembic_ini, encoding="utf-8")
+    except configparser.Error as exc:
+        raise ConfigError(f"cannot read {alembic_ini!r}: {str(exc).splitlines()[0]}; fix its syntax") from exc
+    items = sorted(parser.items("alembic", raw=True)) if parser.has_section("alembic") else []
+    items = [(key, value) for key, value in items if key != "sqlalchemy.url"]
+    return "".join(f"{key}\0{value}\n" for key, value in items).encode()
+
+
 def _metadata_ddl(metadata: MetaData) -> str:
     """The CREATE statements `metadata.create_all` would run on PostgreSQL, in order."""
     from sqlalchemy import create_mock_engine
@@ -93,13 +110,14 @@ def _metadata_ddl(metadata: MetaData) -> str:
 def template_hash(alembic_ini: str | None, metadata: MetaData | None) -> str:
     """12 hex characters covering what the template is built from.
 
-    With Alembic: env.py and every revision file's bytes, sorted by path (the metadata is not used to build
-    the template then, so it is not hashed: a model edit without a migration leaves the template valid).
-    Without Alembic: the metadata's CREATE DDL.
+    With Alembic: the `[alembic]` section, env.py and every revision file's bytes, sorted by path (the
+    metadata is not used to build the template then, so it is not hashed: a model edit without a migration
+    leaves the template valid). Without Alembic: the metadata's CREATE DDL.
     """
-    digest = hashlib.sha256(_BUILD_VERSION)
+    digest = hashlib.sha256(BUILD_VERSION)
     if alembic_ini:
         digest.update(b"alembic\n")
+        digest.update(_ini_section(alembic_ini))
         for name, path in _alembic_files(alembic_ini):
             data = path.read_bytes()
             digest.update(f"{name}\0{len(data)}\0".encode())

@@ -1,8 +1,9 @@
 """Migrating one database: `alembic upgrade head` in a child process (`python -m pytest_dashtam._migrate`).
 
 The child can reach that database and nothing else, whatever the application's env.py reads (see
-`migrate`). `_populate` fills a new template: the migrations checked to end at the single head, or
-`metadata.create_all` without Alembic.
+`migrate`). `_populate` fills a new template (empty, or a clone of an older template whose chain the
+new one extends: Alembic then runs the new revisions only): the migrations checked to end at the chain's
+head, or `metadata.create_all` without Alembic.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_dashtam._migrate import EXIT_REFUSED, INI_VAR, REFUSAL_FIX, URL_VAR
 from pytest_dashtam.errors import SchemaError
-from pytest_dashtam.schema.hashing import _alembic_config, _sys_path_kept
+from pytest_dashtam.schema.hashing import _alembic_config
 from pytest_dashtam.urls import mask_url
 
 if TYPE_CHECKING:
@@ -141,20 +142,6 @@ def _password_of(url: str) -> str | None:
     return None if password is None else str(password)
 
 
-def _single_head(alembic_ini: str) -> str:
-    from alembic.script import ScriptDirectory
-
-    config = _alembic_config(alembic_ini)
-    with _sys_path_kept():  # revision files may import the application's modules through prepend_sys_path
-        heads = ScriptDirectory.from_config(config).get_heads()
-    if len(heads) != 1:
-        raise SchemaError(
-            f"the Alembic scripts have {len(heads)} heads ({', '.join(sorted(heads)) or 'none'}); "
-            "the test schema needs exactly one: run `alembic merge heads` (or add a first revision)"
-        )
-    return heads[0]
-
-
 async def _run_on(url: str, fn: Callable[[Connection], Any]) -> Any:
     """Run a sync SQLAlchemy function on a NullPool connection to `url`, committed and fully closed after.
 
@@ -180,10 +167,15 @@ def _current_heads(connection: Connection) -> tuple[str, ...]:
 
 
 async def _populate(
-    url: str, *, alembic_ini: str | None, metadata: MetaData | None, name: str, env: Mapping[str, str] | None
+    url: str,
+    *,
+    alembic_ini: str | None,
+    head: str | None,
+    metadata: MetaData | None,
+    name: str,
+    env: Mapping[str, str] | None,
 ) -> None:
     if alembic_ini:
-        head = _single_head(alembic_ini)
         await migrate(url, alembic_ini, env=env)
         current = await _run_on(url, _current_heads)
         if tuple(current) != (head,):

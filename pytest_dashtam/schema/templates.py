@@ -3,6 +3,10 @@
 `ensure_template` reuses the template while it is built and stamped for the current hash, else builds it
 under an advisory lock (once for all xdist workers and concurrent runs) and drops the stale ones;
 `create_test_database` clones a stamped test database from it. Every DROP goes through ddl.py.
+
+A build starts from empty, or, when the migration chain only grew since an older template of ours was built
+(chain.py), from a clone of that template: Alembic then runs the new revisions only. The old template is
+dropped as stale only after the new one is finished.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from pytest_dashtam.safety import check_test_name, database_comment, is_owned_comment, ownership_comment, raise_for
+from pytest_dashtam.schema.chain import Chain, load_chain, parse_ready_stamp, ready_stamp
 from pytest_dashtam.schema.ddl import (
     _advisory_lock,
     _connect,
@@ -23,7 +28,7 @@ from pytest_dashtam.schema.ddl import (
     reclaim_unfinished,
 )
 from pytest_dashtam.schema.hashing import template_hash
-from pytest_dashtam.schema.migration import _populate, _single_head
+from pytest_dashtam.schema.migration import _populate
 from pytest_dashtam.schema.names import (
     ROLE_BUILDING,
     ROLE_TEMPLATE,
@@ -48,6 +53,17 @@ class TemplateResult:
     hash: str
     cache_hit: bool
     stale_dropped: tuple[str, ...]
+    extended_from: str | None = None  # the older template this one was cloned from (the chain only grew)
+    revisions_run: int = 0  # the Alembic revisions this build ran (all of them from empty, the new ones else)
+
+    def describe(self) -> str:
+        """What the report says about it: `cache hit`, `cache miss: built`, or built from an older template."""
+        if self.cache_hit:
+            return "cache hit"
+        if self.extended_from is None:
+            return "cache miss: built"
+        plural = "" if self.revisions_run == 1 else "s"
+        return f"cache miss: built from {self.extended_from} + {self.revisions_run} revision{plural}"
 
 
 async def _templates_of(conn: asyncpg.Connection, test_db: str) -> list[tuple[str, str | None]]:
@@ -68,6 +84,26 @@ def _is_template_stamp(comment: str | None) -> bool:
     )
 
 
+async def _extendable(conn: asyncpg.Connection, test_db: str, chain: Chain, *, target: str) -> tuple[str, int] | None:
+    """(name, revisions it has) of the finished template of ours whose chain `chain` extends the most, if any.
+
+    Only one this role may copy: PostgreSQL lets the owner (or a superuser) clone a database not marked
+    IS_TEMPLATE, so a template another role built on a shared server is no base; the build starts from empty.
+    """
+    candidates: list[tuple[int, str]] = []
+    for other, comment in await _templates_of(conn, test_db):
+        stamp = parse_ready_stamp(comment)
+        if other == target or stamp is None or stamp[1] is None or other != template_name(test_db, stamp[0]):
+            continue
+        have = chain.extends(stamp[1])
+        if have is not None:
+            candidates.append((have, other))
+    for have, other in sorted(candidates, reverse=True):
+        if await conn.fetchval("SELECT pg_has_role(datdba, 'USAGE') FROM pg_database WHERE datname = $1", other):
+            return other, have
+    return None
+
+
 async def ensure_template(
     admin_url: str,
     *,
@@ -83,33 +119,46 @@ async def ensure_template(
     """The template for the current schema hash: reused when built and stamped, else built now.
 
     Holds an advisory lock for the whole check-build-cleanup so that xdist workers and concurrent runs
-    build it once. `owner_tuning` says the server is ours and already tuned server-wide; otherwise the template
-    alone gets `synchronous_commit = off` (a per-database setting, safe on a shared server) for a faster build.
-    Stale templates of `test_db` (other hashes, carrying our stamp) are dropped; one still in use is left.
+    build it once. A build clones the older template of ours whose migration chain the current one extends
+    and runs only the new revisions, else (or with `rebuild`) starts from empty. `owner_tuning` says the
+    server is ours and already tuned server-wide; otherwise the template alone gets `synchronous_commit = off`
+    (a per-database setting, safe on a shared server) for a faster build. Stale templates of `test_db` (other
+    hashes, carrying our stamp) are dropped once the new one is finished; one still in use is left.
     `env` is handed to `migrate` (the test env file's variables, which the application's settings read).
     """
     hash_ = template_hash(alembic_ini, metadata)
     name = template_name(test_db, hash_)
     raise_for([v for v in (check_test_name(test_db, dev_database or ""),) if v is not None])
-    ready_stamp = ownership_comment(ROLE_TEMPLATE, hash_)
+    base: tuple[str, int] | None = None
+    chain: Chain | None = None
     conn = await _connect(admin_url)
     try:
         await reclaim_unfinished(conn)
         async with _advisory_lock(conn, f"template:{test_db}", lock_timeout):
             exists, comment = await database_comment(conn, name)
-            cache_hit = exists and comment == ready_stamp and not rebuild
+            stamp = parse_ready_stamp(comment) if exists else None
+            cache_hit = stamp is not None and stamp[0] == hash_ and not rebuild
             if not cache_hit:
-                if alembic_ini:
-                    _single_head(alembic_ini)  # only when building: the hash covers the scripts
+                chain = load_chain(alembic_ini) if alembic_ini else None  # only when building: reads the order
+                if chain is not None and not rebuild:
+                    base = await _extendable(conn, test_db, chain, target=name)
                 if exists:  # a rebuild, or a build that died half-way: refused unless stamped
                     await _drop_database(conn, name, dev_database=dev_database, force=True)
-                await _create_database(conn, name, template="template0", stamp=ownership_comment(ROLE_BUILDING, hash_))
+                source = "template0" if base is None else base[0]
+                await _create_database(conn, name, template=source, stamp=ownership_comment(ROLE_BUILDING, hash_))
                 if not owner_tuning:
                     # Per-database, so safe on a shared server; migrations commit faster. Not copied to clones.
                     await conn.execute(f"ALTER DATABASE {_ident(name)} SET synchronous_commit = off")
                 url = database_url(admin_url, name)
                 try:
-                    await _populate(url, alembic_ini=alembic_ini, metadata=metadata, name=name, env=env)
+                    await _populate(
+                        url,
+                        alembic_ini=alembic_ini,
+                        head=chain.head if chain is not None else None,
+                        metadata=metadata,
+                        name=name,
+                        env=env,
+                    )
                 except BaseException:
                     await _drop_database(conn, name, dev_database=dev_database, force=True)
                     raise
@@ -117,11 +166,19 @@ async def ensure_template(
                 await conn.execute(f"ALTER DATABASE {_ident(name)} WITH ALLOW_CONNECTIONS false")
                 # An env.py that does not dispose its engine leaves connections behind; they are ours to end.
                 await _terminate_connections(conn, name)
-                await conn.execute(f"COMMENT ON DATABASE {_ident(name)} IS {_literal(ready_stamp)}")
+                await conn.execute(f"COMMENT ON DATABASE {_ident(name)} IS {_literal(ready_stamp(hash_, chain))}")
             stale = await _drop_stale(conn, test_db, keep=name, dev_database=dev_database)
     finally:
         await conn.close()
-    return TemplateResult(name=name, hash=hash_, cache_hit=cache_hit, stale_dropped=stale)
+    ran = 0 if cache_hit or chain is None else len(chain.revisions) - (base[1] if base is not None else 0)
+    return TemplateResult(
+        name=name,
+        hash=hash_,
+        cache_hit=cache_hit,
+        stale_dropped=stale,
+        extended_from=base[0] if base is not None else None,
+        revisions_run=ran,
+    )
 
 
 async def _drop_stale(

@@ -247,7 +247,10 @@ def test_the_same_commands_on_compose(project: Path) -> None:
     from pytest_dashtam.backends.compose import docker_available
 
     if not docker_available():
-        pytest.skip("no Docker engine with compose v2: bash ../shared/docker-offline/setup.sh starts one")
+        pytest.skip(
+            "no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
+            "plugin and start it, or point DOCKER_HOST at one"
+        )
     shutil.copytree(REPO / "docker", project / "docker")
     tag = secrets.token_hex(3)
     projects = {"dev": f"dashtam-clitest-dev-{tag}", "test": f"dashtam-clitest-test-{tag}"}

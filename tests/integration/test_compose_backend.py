@@ -34,13 +34,13 @@ from pytest_dashtam.backends.compose import ComposeBackend, docker_available
 from pytest_dashtam.errors import BackendError
 
 REPO = Path(__file__).resolve().parents[2]
-SETUP = "bash ../shared/docker-offline/setup.sh"
 
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(
         not docker_available(),
-        reason=f"no Docker engine with compose v2 answers; start one (on the offline CI machines: {SETUP})",
+        reason="no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
+        "plugin and start it, or point DOCKER_HOST at one",
     ),
 ]
 

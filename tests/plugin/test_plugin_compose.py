@@ -25,8 +25,8 @@ pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(
         not docker_available(),
-        reason="no Docker engine with compose v2 answers; start one (on the offline CI machines: "
-        "bash ../shared/docker-offline/setup.sh)",
+        reason="no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
+        "plugin and start it, or point DOCKER_HOST at one",
     ),
 ]
 
