@@ -2,12 +2,15 @@
 
 Session fixtures are synchronous, so they belong to no event loop; the function-scoped async fixtures
 (`db_session`, `redis_client`, `client`) run in the loop of the test that requests them (plugin.py tells
-pytest-asyncio which one), so their connections are never used from another loop.
+pytest-asyncio which one), so their connections are never used from another loop. The app's lifespan, which
+`client` runs, is scoped like its loop: once per session for tests in the session loop, once per test for
+tests in function loops (what it opens belongs to that loop).
 """
 
 from __future__ import annotations
 
 import types
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,7 +28,8 @@ if TYPE_CHECKING:
     from pytest_dashtam.backends.base import Stack
     from pytest_dashtam.config import PluginConfig
     from pytest_dashtam.guard import ConnectionGuard
-    from pytest_dashtam.isolation import LoopEngines, LoopRedisPools, WriteTracker
+    from pytest_dashtam.isolation import LoopEngines, LoopRedisPools, RunningLifespans, WriteTracker
+    from pytest_dashtam.project import Dependencies
 
 RUN_KEY = pytest.StashKey[DashtamRun]()
 CONFIG_ERROR_KEY = pytest.StashKey[ConfigError]()
@@ -235,7 +239,7 @@ def dashtam_app(_dashtam_run: DashtamRun) -> Any:
 
 
 @pytest.fixture(scope="session")
-def _dashtam_dependencies(_dashtam_run: DashtamRun) -> tuple[Any, Any]:
+def _dashtam_dependencies(_dashtam_run: DashtamRun) -> Dependencies:
     from pytest_dashtam.project import load_dependencies
 
     try:
@@ -247,29 +251,62 @@ def _dashtam_dependencies(_dashtam_run: DashtamRun) -> tuple[Any, Any]:
 
 @pytest.fixture
 def dashtam_dependency_overrides(
-    _dashtam_dependencies: tuple[Any, Any], db_session: AsyncSession, redis_client: Redis
+    _dashtam_dependencies: Dependencies, db_session: AsyncSession, redis_client: Redis
 ) -> dict[Any, Callable[..., Any]]:
-    """The app dependencies `client` overrides, and with what: extend it in your conftest for your own."""
-    session_dep, redis_dep = _dashtam_dependencies
+    """What `client` overrides (session dependency, by its shape, on db_session; Redis): extend it in your conftest."""
+    from pytest_dashtam.isolation import client_overrides
 
-    async def _session() -> AsyncSession:
-        return db_session
+    return client_overrides(_dashtam_dependencies, db_session, redis_client)
 
-    async def _redis() -> Redis:
-        return redis_client
 
-    return {dep: fn for dep, fn in ((session_dep, _session), (redis_dep, _redis)) if dep is not None}
+@pytest.fixture(scope="session")
+def dashtam_lifespan() -> bool:
+    """Whether `client` runs the app's lifespan (once per event loop scope): override it to return False."""
+    return True
+
+
+@pytest.fixture(scope="session")
+def _dashtam_lifespans() -> RunningLifespans:
+    from pytest_dashtam.isolation import RunningLifespans
+
+    return RunningLifespans()
+
+
+async def _lifespan_impl(_dashtam_lifespans: RunningLifespans) -> AsyncIterator[None]:
+    from pytest_dashtam.isolation import LoopLifespans
+
+    # The lifespans `client` starts in this loop, shut down when the loop's scope ends.
+    lifespans = LoopLifespans()
+    with _dashtam_lifespans.running(lifespans):
+        yield
+    for problem in await lifespans.shutdown():
+        from pytest_dashtam.plugin import DashtamTeardownWarning
+
+        warnings.warn(DashtamTeardownWarning(f"pytest-dashtam teardown: {problem}"), stacklevel=1)
 
 
 async def _client_impl(
-    dashtam_app: Any, dashtam_dependency_overrides: dict[Any, Callable[..., Any]]
+    _dashtam_run: DashtamRun,
+    dashtam_app: Any,
+    dashtam_lifespan: bool,
+    dashtam_dependency_overrides: dict[Any, Callable[..., Any]],
+    _dashtam_lifespans: RunningLifespans,
 ) -> AsyncIterator[httpx.AsyncClient]:
     import httpx
 
-    from pytest_dashtam.isolation import dependency_overrides
+    from pytest_dashtam.isolation import LifespanError, dependency_overrides
+    from pytest_dashtam.project import app_label
 
+    lifespans, served, message = _dashtam_lifespans.current(), dashtam_app, ""
+    try:
+        if dashtam_lifespan and lifespans is not None:
+            served = await lifespans.serve(dashtam_app, app_label(_dashtam_run.config, dashtam_app))
+    except LifespanError as exc:
+        message = str(exc)
+    if message:  # outside the except block: one line, no "during handling" chain
+        pytest.fail(message, pytrace=False)
     with dependency_overrides(dashtam_app, dashtam_dependency_overrides):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dashtam_app), base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url="http://test") as http:
             yield http
 
 
@@ -307,9 +344,9 @@ def _in_test_loop(request: pytest.FixtureRequest, name: str) -> Any:
     return request.getfixturevalue(_variant_name(name, scope))
 
 
-def _declare_per_loop_scope(name: str, impl: Callable[..., Any]) -> None:
+def _declare_per_loop_scope(name: str, impl: Callable[..., Any], *, scoped: bool = False) -> None:
     """`impl` as a pytest-asyncio fixture once per loop scope (each its own function object: pytest-asyncio
-    records the loop scope on the function)."""
+    records the loop scope on the function); `scoped`: the fixture lives as long as its loop."""
     for scope in LOOP_SCOPES:
         variant = types.FunctionType(
             impl.__code__, impl.__globals__, impl.__name__, impl.__defaults__, impl.__closure__
@@ -317,7 +354,10 @@ def _declare_per_loop_scope(name: str, impl: Callable[..., Any]) -> None:
         variant.__annotations__ = dict(impl.__annotations__)
         variant.__qualname__ = variant.__name__ = _variant_name(name, scope)
         globals()[_variant_name(name, scope)] = pytest_asyncio.fixture(
-            variant, loop_scope=cast("Any", scope), name=_variant_name(name, scope)
+            variant,
+            scope=cast("Any", scope if scoped else "function"),
+            loop_scope=cast("Any", scope),
+            name=_variant_name(name, scope),
         )
 
 
@@ -328,6 +368,7 @@ for _name, _impl in (
     ("client", _client_impl),
 ):
     _declare_per_loop_scope(_name, _impl)
+_declare_per_loop_scope("lifespan", _lifespan_impl, scoped=True)
 
 
 @pytest.fixture
@@ -352,6 +393,7 @@ def redis_client(request: pytest.FixtureRequest) -> Redis:
 
 @pytest.fixture
 def client(request: pytest.FixtureRequest) -> httpx.AsyncClient:
-    """An httpx.AsyncClient on the app, its dependencies overridden as `dashtam_dependency_overrides` says."""
+    """An httpx.AsyncClient on the app (its lifespan run once per loop scope), with dashtam_dependency_overrides."""
+    _in_test_loop(request, "lifespan")  # first: the app's lifespan lives as long as the test's loop
     http: httpx.AsyncClient = _in_test_loop(request, "client")
     return http

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pkgutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pytest_dashtam.errors import ConfigError
 from pytest_dashtam.urls import mask_url, mask_urls_in
 
 if TYPE_CHECKING:
     from pytest_dashtam.config import PluginConfig
+    from pytest_dashtam.isolation.shapes import Shape
 
 
 def import_object(spec: str, what: str) -> Any:
@@ -133,8 +134,27 @@ def load_app(config: PluginConfig) -> Any:
     return target
 
 
-def load_dependencies(config: PluginConfig) -> tuple[Any, Any]:
-    """(session dependency, Redis dependency) the project named for `client` to override; None where unnamed."""
+class Dependencies(NamedTuple):
+    """The app dependencies the project named for `client` to override (None where unnamed), and what the
+    session dependency gives (isolation.shapes: its stand-in has the same shape)."""
+
+    session: Any
+    session_shape: Shape
+    redis: Any
+
+
+def load_dependencies(config: PluginConfig) -> Dependencies:
+    """The session and Redis dependencies the project named; an unknown session shape is a ConfigError."""
+    from pytest_dashtam.isolation.shapes import dependency_shape
+
     session_dep = import_object(config.session_dependency, "session_dependency") if config.session_dependency else None
     redis_dep = import_object(config.redis_dependency, "redis_dependency") if config.redis_dependency else None
-    return session_dep, redis_dep
+    shape: Shape = "session"
+    if session_dep is not None and config.session_dependency is not None:
+        shape = dependency_shape(session_dep, config.session_dependency)
+    return Dependencies(session_dep, shape, redis_dep)
+
+
+def app_label(config: PluginConfig, app: Any) -> str:
+    """How messages name the app `client` serves: the dashtam_app it was loaded from, else its class."""
+    return config.app or f"{type(app).__module__}.{type(app).__qualname__} (from the dashtam_app fixture)"
