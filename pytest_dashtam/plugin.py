@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import gc
 import os
 import sys
 import warnings
@@ -24,15 +23,15 @@ from typing import Any
 
 import pytest
 
-from pytest_dashtam import __version__, fixtures
+from pytest_dashtam import __version__, fixtures, gc_freeze
 from pytest_dashtam.config import OPTIONS, PluginConfig, build_config
-from pytest_dashtam.environment import Handoff, export_env, restore_env
+from pytest_dashtam.environment import export_env, restore_env
 from pytest_dashtam.errors import ConfigError, SafetyError, SchemaError
 from pytest_dashtam.fixtures import CONFIG_ERROR_KEY, RUN_KEY, STACK_FIXTURES
 from pytest_dashtam.project import import_object
 from pytest_dashtam.report import PHASES, describe_report, header_lines
 from pytest_dashtam.run import DashtamRun
-from pytest_dashtam.watchdog import Server, Watchdog
+from pytest_dashtam.watchdog import DEFAULT_TIMEOUT, Watchdog
 
 CONFIG_KEY = pytest.StashKey[PluginConfig]()
 SAVED_ENV_KEY = pytest.StashKey[dict[str, "str | None"]]()
@@ -41,9 +40,6 @@ FROZE_GC_KEY = pytest.StashKey[bool]()
 # The xdist controller: what its workers reported at the end (workeroutput), for the summary.
 WORKER_REPORTS_KEY = pytest.StashKey[list[dict[str, Any]]]()
 WATCHDOG_KEY = pytest.StashKey[Watchdog]()
-_CURRENT_KEY = pytest.StashKey[dict[str, str]]()
-# What the watchdog waits for a silent server when no --dashtam-timeout is given.
-_DEFAULT_HANG_TIMEOUT = 30.0
 ENTRY_POINT_NAME = "dashtam"
 FIXTURES_PLUGIN_NAME = "dashtam-fixtures"
 
@@ -118,12 +114,6 @@ def _runs_no_tests(namespace: Any) -> bool:
     )
 
 
-def _xdist_controller(namespace: Any) -> bool:
-    # Read before xdist's own pytest_cmdline_main turns -n into --dist=load: any -n above 0 distributes.
-    numprocesses = getattr(namespace, "numprocesses", None)
-    return bool(numprocesses) and str(numprocesses) != "0"
-
-
 def _pure_checks(c: PluginConfig) -> None:
     """Every check that needs no server, before anything connects: a refusal is a UsageError (exit 4)."""
     from pytest_dashtam import safety
@@ -148,22 +138,11 @@ def _load(config: pytest.Config, namespace: Any) -> None:
     config.stash[CONFIG_KEY] = plugin_config
     # The env file's values first (they win over the shell's), then the stack's URLs over them.
     config.stash[SAVED_ENV_KEY] = export_env(plugin_config.env_values)
-    handoff = Handoff.from_env(os.environ)
-    if handoff is not None:
-        run = DashtamRun(
-            plugin_config,
-            role="worker",
-            worker=os.environ["PYTEST_XDIST_WORKER"],
-            worker_count=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1),
-            handoff=handoff,
-        )
-    elif _xdist_controller(namespace):
-        count = namespace.numprocesses
-        run = DashtamRun(plugin_config, role="controller", worker_count=count if isinstance(count, int) else 2)
-    else:
-        run = DashtamRun(plugin_config)
-    config.stash[RUN_KEY] = run
-    if _runs_no_tests(namespace) or (run.role == "worker" and handoff is None):
+    # -n is read before xdist's own pytest_cmdline_main turns it into --dist=load.
+    run = config.stash[RUN_KEY] = DashtamRun.for_process(
+        plugin_config, os.environ, getattr(namespace, "numprocesses", None)
+    )
+    if _runs_no_tests(namespace) or (run.role == "worker" and run.handoff is None):
         run._install_guard()
         return
     # A run that dies before pytest's own cleanup (a conftest that fails to import) still takes its stack down.
@@ -173,11 +152,17 @@ def _load(config: pytest.Config, namespace: Any) -> None:
         # Ctrl-C while the stack started. This hook runs before pytest's own interrupt handling exists (a
         # KeyboardInterrupt here is a traceback), and an import it cut short may have left a module half
         # made, so nothing more of the run may happen: take the stack down and end as pytest's interrupt does.
-        with contextlib.suppress(Exception):
-            run.finish()
-        sys.stderr.write("!!! KeyboardInterrupt: pytest-dashtam was starting the test stack; it was taken down !!!\n")
+        _take_down(run, "pytest-dashtam was starting the test stack")
         raise SystemExit(pytest.ExitCode.INTERRUPTED)
     _refuse_misconfigured(run)
+
+
+def _take_down(run: DashtamRun | None, doing: str) -> None:
+    """After Ctrl-C where pytest has no interrupt handling of its own: the stack down, one line."""
+    if run is not None:
+        with contextlib.suppress(Exception):
+            run.finish()
+    sys.stderr.write(f"!!! KeyboardInterrupt: {doing}; the test stack was taken down !!!\n")
 
 
 # Errors of the user's configuration found only once the stack answers (an index the server lacks, a binary
@@ -206,11 +191,15 @@ def _finish_at_exit(run: DashtamRun) -> None:
         run.finish()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
-    if _skip_work(early_config.known_args_namespace):
-        return
-    _load(early_config, early_config.known_args_namespace)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> Any:
+    if not _skip_work(early_config.known_args_namespace):
+        _load(early_config, early_config.known_args_namespace)
+    try:
+        return (yield)  # the project's conftests: they import the application, before pytest handles Ctrl-C
+    except KeyboardInterrupt:
+        _take_down(early_config.stash.get(RUN_KEY, None), "pytest was importing the project's conftest.py")
+        raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
 
 
 # --- configuration --------------------------------------------------------------------------------------
@@ -239,6 +228,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if WATCHDOG_KEY in config.stash:  # stopped in sessionfinish, unless the run ended before it
+        config.stash[WATCHDOG_KEY].stop()
     run = config.stash.get(RUN_KEY, None)
     if run is not None and PROBLEMS_KEY not in config.stash:  # no session ran (an error before it)
         config.stash[PROBLEMS_KEY] = run.finish()
@@ -270,8 +261,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             import_object(run.config.app, "app")  # imported only: an app factory is called by the fixture
         except ConfigError as exc:
             _refuse_misconfigured(run, exc)  # before the template is built: a refused run creates nothing
+    if run.error is None and run.stack is not None:  # from here to the run's end, a hung server is caught
+        watchdog = config.stash[WATCHDOG_KEY] = Watchdog.for_stack(run.stack, run.config.timeout or DEFAULT_TIMEOUT)
+        watchdog.doing = "the stack's preparation (template, clone)"
+        watchdog.start()
     with contextlib.suppress(Exception):  # remembered by run: every test that needs the stack errors with it
         run.prepare()
+    fired = config.stash[WATCHDOG_KEY].fired if WATCHDOG_KEY in config.stash else None
+    if fired is not None:
+        run.stopped_answering(fired)
     _refuse_misconfigured(run)
     if getattr(config, "workerinput", None) is None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
@@ -294,46 +292,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> None:
-    """Freeze the objects that exist before the first test, so the garbage collector stops walking them.
-
-    After collection and the stack's preparation the heap holds about 10^5 long-lived objects (pytest's
-    items, SQLAlchemy, pydantic, asyncpg, the app). Every full collection walks them all again: pytest's
-    own `gc.collect()` passes at the end (its unraisable-exception check, in `pytest_unconfigure` and in a
-    cleanup: about 45 ms each here) and the interpreter's at exit. `gc.freeze()` moves them to the
-    permanent generation, as CPython's docs suggest for a long-lived heap; garbage the tests make is still
-    collected, and still reported by pytest's unraisable-exception check. Measured on the suite benchmark
-    (200 tests): 2.29 s -> about 2.0 s a run.
-
-    Also in the xdist controller, whose heap grows with every worker's reports (-n 2 on 2,000 tests:
-    about 0.1 s). Only when nothing froze before (`gc.get_freeze_count() == 0`): an in-process pytester
-    run inside a frozen session, or a program that manages freezing itself, is left alone.
-    `_unfreeze_gc` undoes it.
-    """
+    """Freeze the objects that exist before the first test, so the garbage collector stops walking them
+    (gc_freeze.py says why and when); `_unfreeze_gc` undoes it."""
     config = session.config
     plugin_config = config.stash.get(CONFIG_KEY, None)
-    if RUN_KEY not in config.stash or plugin_config is None or not plugin_config.gc_freeze:
-        return
-    if gc.get_freeze_count() != 0:
-        return
-    gc.freeze()
-    config.stash[FROZE_GC_KEY] = True
+    if RUN_KEY in config.stash and plugin_config is not None and plugin_config.gc_freeze and gc_freeze.freeze():
+        config.stash[FROZE_GC_KEY] = True
 
 
 def _unfreeze_gc(config: pytest.Config) -> None:
-    """Undo pytest_runtestloop's freeze once pytest's last collection has run (a config cleanup).
-
-    Unfrozen so that `pytest.main()` in a process that goes on (pytester's in-process runs, an IDE) does
-    not keep the session's objects out of the collector's reach. What usually follows is interpreter exit,
-    whose own full collection would walk the whole heap again for objects freed with the process anyway
-    (about 0.1 s here): an exit handler freezes again just before it. pytest's unraisable-exception check
-    has already run by then.
-    """
-    if not config.stash.get(FROZE_GC_KEY, False):
-        return
-    del config.stash[FROZE_GC_KEY]
-    gc.unfreeze()
-    atexit.unregister(gc.freeze)  # one handler however many sessions ran in this process
-    atexit.register(gc.freeze)
+    """Undo pytest_runtestloop's freeze once pytest's last collection has run (a config cleanup)."""
+    if config.stash.get(FROZE_GC_KEY, False):
+        del config.stash[FROZE_GC_KEY]
+        gc_freeze.unfreeze()
 
 
 # --- a server that stops answering stops the run (watchdog.py) ---------------------------------------------
@@ -341,48 +312,49 @@ def _unfreeze_gc(config: pytest.Config) -> None:
 
 @pytest.hookimpl(wrapper=True, specname="pytest_runtestloop")
 def pytest_runtestloop_watchdog(session: pytest.Session) -> Generator[None, object, object]:
-    """Ping the stack's servers while the tests run; one that stops answering interrupts the run."""
-    config = session.config
-    run = config.stash.get(RUN_KEY, None)
-    prepared = run.prepared if run is not None else None
-    if run is None or prepared is None:
+    """While the tests run, a test still stuck on a hung server after its connections were severed is
+    interrupted (before and after, severing alone frees the waits: an interrupt would cut teardown short)."""
+    watchdog = session.config.stash.get(WATCHDOG_KEY, None)
+    if watchdog is None:
         return (yield)
-    running = config.stash[_CURRENT_KEY] = {"test": "the first test's setup"}
-    watchdog = config.stash[WATCHDOG_KEY] = Watchdog(
-        [
-            Server.from_url("PostgreSQL", prepared.stack.postgres_url),
-            Server.from_url("Redis", prepared.stack.redis_url),
-        ],
-        run.config.timeout or _DEFAULT_HANG_TIMEOUT,
-        current=lambda: running["test"],
-    )
-    watchdog.start()
+    watchdog.tests_begin()
     try:
         return (yield)
     finally:
-        watchdog.stop()
+        watchdog.end_of_tests()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """After a failure, a server that is gone stops the run there, with one line, not a traceback per test."""
+    """A server that is gone or hung (seen after a failure, or by the watchdog) stops the run there, with one
+    line, not a traceback per test."""
     report = yield
     watchdog = item.config.stash.get(WATCHDOG_KEY, None)
-    if report.failed and watchdog is not None and not item.session.shouldstop:
-        problem = watchdog.check_now()
-        if problem is not None:
-            item.session.shouldstop = f"pytest-dashtam: {problem}"
+    problem = watchdog.after_report(report.failed) if watchdog is not None else None
+    if problem is not None and not item.session.shouldstop:
+        item.session.shouldstop = f"pytest-dashtam: {problem}"
     return report
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    running = item.config.stash.get(_CURRENT_KEY, None)
-    if running is not None:
-        running["test"] = item.nodeid
+    watchdog = item.config.stash.get(WATCHDOG_KEY, None)
+    if watchdog is not None:
+        watchdog.doing = item.nodeid
 
 
 # --- the end ------------------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_sessionfinish")
+def pytest_sessionfinish_interrupted(session: pytest.Session) -> Generator[None, None, None]:
+    """Ctrl-C during the session's teardown (fixtures, summary, stopping the stack), which pytest does not
+    catch there: the stack is taken down and the run ends interrupted with one line, not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _take_down(session.config.stash.get(RUN_KEY, None), "during the session's teardown")
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
 
 
 @pytest.hookimpl(trylast=True)
@@ -394,12 +366,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if run is None:
         return
     watchdog = config.stash.get(WATCHDOG_KEY, None)
-    problems = config.stash[PROBLEMS_KEY] = run.finish(servers_answer=watchdog is None or watchdog.fired is None)
+    try:
+        problems = config.stash[PROBLEMS_KEY] = run.finish(servers_answer=watchdog is None or watchdog.fired is None)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         report = run.report()
         if watchdog is not None and watchdog.fired:
             report["stopped"] = watchdog.fired  # a worker's summary is not shown: the controller says it
+            # Ended by the watchdog, not by a user's Ctrl-C: xdist would replace an interrupted worker with
+            # a new one, which would wait on the same hung server; a worker that stopped is not replaced.
+            workeroutput["shouldstop"] = workeroutput.get("shouldstop") or f"pytest-dashtam: {watchdog.fired}"
+            if workeroutput.get("exitstatus") == pytest.ExitCode.INTERRUPTED:
+                workeroutput["exitstatus"] = int(pytest.ExitCode.TESTS_FAILED)
         workeroutput["dashtam_report"] = report
     for problem in problems:  # after everything was done: a warning turned error must not leave work undone
         warnings.warn(DashtamTeardownWarning(f"pytest-dashtam teardown: {problem}"), stacklevel=1)

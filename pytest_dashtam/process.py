@@ -122,6 +122,14 @@ class ProcessId:
         except psutil.NoSuchProcess:
             return False
 
+    def frozen(self) -> bool:
+        """The recorded process is stopped (SIGSTOP, a debugger): it runs no code until continued."""
+        proc = self._same()
+        try:
+            return proc is not None and proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+        except psutil.NoSuchProcess:
+            return False
+
     def _pid_taken(self) -> bool:
         """The PID now belongs to another process: nothing may be sent to it, nor to its group."""
         now = start_time(self.pid)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,11 +23,13 @@ from pytest_dashtam.backends.base import Backend, Stack
 from pytest_dashtam.config import PluginConfig
 from pytest_dashtam.environment import HANDOFF_ENV, Handoff, app_environment, export_env, restore_env
 from pytest_dashtam.errors import BackendError
+from pytest_dashtam.failed_handoff import FAILED_ENV, controller_failed, controller_failure
 from pytest_dashtam.isolation import run_async
 from pytest_dashtam.project import check_settings_point_at, load_settings
 from pytest_dashtam.report import Timings
 from pytest_dashtam.stack import MakeBackend, backend_of, choose_backend
 from pytest_dashtam.urls import host_port, mask_url
+from pytest_dashtam.watchdog import watching
 
 Role = Literal["solo", "controller", "worker"]
 
@@ -96,6 +99,25 @@ class DashtamRun:
         self._finished = False
         self._outer_guard: Any = None
 
+    @classmethod
+    def for_process(cls, config: PluginConfig, environ: Mapping[str, str], numprocesses: object) -> DashtamRun:
+        """This process's run: an xdist worker of the controller that handed it the stack, the controller (any
+        `-n` above 0 distributes), or a run of its own."""
+        failed = controller_failure(environ)
+        if failed is not None:  # the controller could not open the stack: its workers must not start their own
+            run = cls(config, role="worker", worker=environ["PYTEST_XDIST_WORKER"])
+            run._error = BackendError(failed)
+            return run
+        handoff = Handoff.from_env(environ)
+        if handoff is not None:
+            count = int(environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+            return cls(
+                config, role="worker", worker=environ["PYTEST_XDIST_WORKER"], worker_count=count, handoff=handoff
+            )
+        if numprocesses and str(numprocesses) != "0":
+            return cls(config, role="controller", worker_count=numprocesses if isinstance(numprocesses, int) else 2)
+        return cls(config)
+
     @property
     def error(self) -> BaseException | None:
         return self._error
@@ -111,6 +133,8 @@ class DashtamRun:
             self._open()
         except BaseException as exc:
             self._error = exc
+            if self.role == "controller":  # the workers, spawned later, error with the same line at once
+                os.environ[FAILED_ENV] = controller_failed(str(exc) or f"{type(exc).__name__} opening the stack")
         finally:
             self._install_guard()
 
@@ -122,7 +146,9 @@ class DashtamRun:
             else:
                 self.stack = self._start_stack()
         stack = self.stack
-        with self.timings.measure("safety"):
+        # A server that answered the start and then went silent is caught here too (the run's own watchdog
+        # starts later): its connections are severed, and the error is the watchdog's line.
+        with self.timings.measure("safety"), watching(stack, config.timeout, "the opening of the stack (leases)"):
             from pytest_dashtam.leases import Leases
 
             self.leases = Leases(stack.postgres_url, stack.redis_url if self.role != "controller" else None, self.owner)
@@ -208,6 +234,12 @@ class DashtamRun:
             raise
         return self._prepared
 
+    def stopped_answering(self, line: str) -> None:
+        """A server stopped answering while the stack was prepared (the watchdog's `line`): that is the
+        error every test that needs the stack errors with, not the driver's complaint about a cut connection."""
+        if self._prepared is None:
+            self._error = BackendError(line)
+
     def _prepare(self) -> Prepared:
         from pytest_dashtam import safety
 
@@ -285,7 +317,10 @@ class DashtamRun:
         if self._finished:  # the session's end, then the exit handler: once
             return problems
         self._finished = True
-        with self.timings.measure("teardown"):
+        # The xdist controller runs no tests, hence no watchdog of its own: one covers its teardown here.
+        stack = self.stack if self.role == "controller" else None
+        guarded = watching(stack, self.config.timeout, "the end of the run") if stack is not None else nullcontext()
+        with self.timings.measure("teardown"), guarded:
             prepared = self._prepared
             stopping = self._started_here and self._backend is not None and not self.config.keep
             # Skipped only when the stack this process started, owns and is about to stop is thrown away with
@@ -327,6 +362,7 @@ class DashtamRun:
             self._saved_env = {}
             if self.role == "controller":
                 os.environ.pop(HANDOFF_ENV, None)
+                os.environ.pop(FAILED_ENV, None)
         return problems
 
     def _drop(self, prepared: Prepared) -> list[str]:

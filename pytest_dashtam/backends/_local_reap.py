@@ -80,10 +80,13 @@ def teardown_state(
     PostgreSQL gets SIGINT (fast shutdown, ~15 ms) and a wait; a throw-away Redis/Valkey gets
     SIGKILL (Valkey takes ~100 ms to exit on SIGTERM); a dev Redis gets SIGTERM so it saves.
     With `seed_cache` (the owner's own teardown, not a reaping), a cluster whose run asked for it
-    is kept as the next runs' seed before its files go.
+    is kept as the next runs' seed before its files go, unless a server was found frozen.
     """
     children = children or {}
     throwaway = state.remove_run_dir
+    # A server found frozen (SIGSTOP, a paused debugger) is what ended the run: its cluster is not copied as
+    # the next runs' seed, a copy that would only lengthen the end of a run failing on a hung server.
+    frozen = any(server is not None and server.frozen() for server in (state.postgres, state.redis))
     if state.redis is not None and throwaway:
         state.redis.stop(signal.SIGKILL, 5.0, children.get("redis"))
     if state.postgres is not None:
@@ -95,6 +98,7 @@ def teardown_state(
             child.wait(timeout=1.0)
     if (
         seed_cache is not None
+        and not frozen
         and throwaway
         and state.run_dir
         and state.data_dir

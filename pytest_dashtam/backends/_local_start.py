@@ -219,8 +219,13 @@ class Launch:
         paths["run"].mkdir(mode=0o755, parents=dev, exist_ok=dev)
         if not dev:
             paths["run"].chmod(0o755)  # whatever the umask: the server user must enter it
-        # Recorded before anything is spawned: a crash from here on leaves a reapable record.
+        # Recorded before anything is spawned: a crash from here on leaves a reapable record, and the janitor
+        # (started now, before the first server) takes down whatever the record names if this run is killed.
         write_state(self.state_dir, state)
+        if state.remove_run_dir and not state.keep:
+            from pytest_dashtam.backends._local_janitor import spawn as spawn_janitor
+
+            spawn_janitor(self.state_dir, state.run_id)
         paths["redis"].mkdir(mode=0o700, exist_ok=True)
         paths["socket"].mkdir(mode=0o755, exist_ok=True)
         if run_as is not None:
@@ -229,6 +234,7 @@ class Launch:
         redis_proc = spawn_redis(self.redis_bin, state.redis_port, paths["redis"], paths["redis_log"], dev)
         self.children["redis"] = redis_proc
         state.redis = ProcessId.of(redis_proc.pid)
+        write_state(self.state_dir, state)  # before the cluster copy: a kill during it must not orphan Redis
         cluster_source: str = "existing cluster"
         if dev and (paths["data"] / "PG_VERSION").is_file():
             pg_version_bin = None
@@ -298,8 +304,4 @@ class Launch:
         )
         state.stack = stack.to_dict()
         write_state(self.state_dir, state)
-        if state.remove_run_dir and not state.keep:
-            from pytest_dashtam.backends._local_janitor import spawn as spawn_janitor
-
-            spawn_janitor(self.state_dir, state.run_id)  # takes the stack down if this run is killed
         return stack

@@ -61,6 +61,9 @@ def _attempt_timeout(deadline: float) -> float:
 
 def _no_answer(server: str, url: str, started: float, last: BaseException | None, where: str) -> BackendError:
     cause = first_line(last).rstrip(".") if last is not None else "no answer"
+    if isinstance(last, TimeoutError) and not str(last).strip():
+        # asyncpg's connect timeout says nothing more: the server took the connection and never answered.
+        cause = "it accepted the connection but never answered (a stopped or hung server?)"
     return BackendError(
         f"{server} at {mask_url(url)} did not answer within {time.monotonic() - started:.1f}s: {cause}; "
         f"check that the server runs and that {where}"

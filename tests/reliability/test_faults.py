@@ -28,6 +28,10 @@ TRIALS = int(os.environ.get("DASHTAM_FAULT_TRIALS", "1"))
 TIMEOUT = 5  # --dashtam-timeout of the runs under test
 # A hang is a run that outlives this; a bounded one ends well before (a watchdog's wait, then teardown's).
 HANG = 90
+# After a SIGSTOP the run ends at the watchdog's firing (the timeout, plus its one-second pings) plus what
+# pytest itself takes to report and tear down: about 2-3 s here, 15-23 s before the connections to the hung
+# server were severed. Generous, for a loaded 2-core machine; the assertions before it say why it is short.
+STOPPED_MARGIN = 10.0
 
 TALKS_FOR_A_WHILE = """
 import asyncio
@@ -109,6 +113,14 @@ def test_a_server_stopped_or_killed_mid_run_ends_the_run_with_one_line(
     assert result.ret in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
     assert "Traceback (most recent call last)" not in result.stdout.str() + result.stderr.str()
     print(f"{kind} {sig}: the run ended {took:.1f} s after the fault")
+    if sig == "SIGSTOP":
+        # What bounds the end: the hung server's connections were severed, so the blocked test and every wait
+        # after it (teardown's rollback and FLUSHDB, the pools, the leases) failed at once; the run stopped
+        # through pytest's shouldstop with the watchdog's line, and no SIGINT was needed to free it.
+        out = result.stdout.str() + result.stderr.str()
+        result.stdout.fnmatch_lines([f"*Interrupted: pytest-dashtam: {kind} at 127.0.0.1:* *"])
+        assert "KeyboardInterrupt" not in out, out
+        assert took <= TIMEOUT + STOPPED_MARGIN, f"the run ended {took:.1f} s after the fault"
     # Nothing of the stack is left running, and the next run passes.
     assert not [p for p in stack if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     again = todo.run("tests/test_todo.py", backend="local")
@@ -146,6 +158,7 @@ def test_the_watchdog_fires_once_with_the_server_and_the_test() -> None:
     watchdog = Watchdog([Server("PostgreSQL", "127.0.0.1", silent.port)], 1.5, lambda: "tests/x.py::t", fired.set)
     try:
         watchdog.start()
+        watchdog.tests_begin()  # the main thread never reports: after the grace it is interrupted
         assert fired.wait(10)
     finally:
         watchdog.stop()
