@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml src/pyproject.toml
 
 install: $(STAMP)
 
-## Development environment: persistent database, migrations applied, the app on :8000 and the
-## callback server on :8182 until Ctrl-C (servers keep running until `make dev-down`).
+## Development environment: persistent database, migrations applied, the app on https://localhost:8000 and
+## the callback server on https://localhost:8182 until Ctrl-C (servers keep running until `make dev-down`);
+## DEV_ARGS=--http serves both over plain HTTP.
 dev-up: $(STAMP)
-	$(BIN)/dashtam-env --backend $(DEV_BACKEND) up dev
+	$(BIN)/dashtam-env --backend $(DEV_BACKEND) up dev $(DEV_ARGS)
 
 dev-down: $(STAMP)
 	$(BIN)/dashtam-env --backend $(DEV_BACKEND) down dev

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from pytest_dashtam.errors import ConfigError, DashtamError
+from pytest_dashtam.isolation import Keeper, dashtam_db_marker, test_loop_scope
 from pytest_dashtam.run import DashtamRun, Prepared
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 RUN_KEY = pytest.StashKey[DashtamRun]()
 CONFIG_ERROR_KEY = pytest.StashKey[ConfigError]()
+# --dashtam-keep-failed: each phase's report on the item (plugin.py), this process's keeper on the config.
+PHASE_REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
+KEEPER_KEY = pytest.StashKey[Keeper]()
 # Any of these in a test's fixture closure means the test needs the stack.
 STACK_FIXTURES = frozenset(
     {
@@ -53,13 +57,6 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, DashtamError):
         return str(exc)
     raise exc
-
-
-def dashtam_db_marker(transaction: bool = False) -> bool:
-    """The `dashtam_db` marker's signature: validates its arguments, returns `transaction`."""
-    if not isinstance(transaction, bool):
-        raise TypeError(f"transaction must be True or False, got {transaction!r}")
-    return transaction
 
 
 def _transaction_requested(request: pytest.FixtureRequest) -> bool:
@@ -95,9 +92,17 @@ def dashtam_db_setup(_dashtam_run: DashtamRun) -> Prepared:
 
 
 @pytest.fixture(scope="session")
-def _dashtam_prepared(dashtam_db_setup: Prepared) -> Prepared:
+def _dashtam_prepared(request: pytest.FixtureRequest, _dashtam_run: DashtamRun, dashtam_db_setup: Prepared) -> Prepared:
     # Every fixture that needs the stack goes through here, so an override of dashtam_db_setup is seen by all.
+    if _dashtam_run.config.keep_failed:  # --dashtam-keep-failed: what this process's failed tests leave
+        request.config.stash[KEEPER_KEY] = Keeper.for_run(_dashtam_run, dashtam_db_setup)
     return dashtam_db_setup
+
+
+def _keeping(request: pytest.FixtureRequest) -> Keeper | None:
+    """The keeper of --dashtam-keep-failed when this test failed (its setup or its call: plugin.py's reports)."""
+    reports = request.node.stash.get(PHASE_REPORTS_KEY, {})
+    return request.config.stash.get(KEEPER_KEY, None) if any(r.failed for r in reports.values()) else None
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +161,7 @@ def _dashtam_engines(_dashtam_prepared: Prepared) -> Iterator[LoopEngines]:
 
 
 async def _transaction_impl(
-    _dashtam_run: DashtamRun, _dashtam_engines: LoopEngines, db_engine: AsyncEngine
+    request: pytest.FixtureRequest, _dashtam_run: DashtamRun, _dashtam_engines: LoopEngines, db_engine: AsyncEngine
 ) -> AsyncIterator[WriteTracker]:
     from pytest_dashtam.isolation import WriteTracker
 
@@ -169,6 +174,8 @@ async def _transaction_impl(
         tracker.detach()
         async with engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
+            if (keeper := _keeping(request)) is not None:  # the commits, before they go
+                await keeper.keep_database(request.node.nodeid, raw)
             await _dashtam_run.cleaner.empty(raw, tracker)
 
 
@@ -194,7 +201,11 @@ async def _db_session_impl(
     try:
         yield isolated.session
     finally:
-        await isolated.close()
+        try:
+            if (keeper := _keeping(request)) is not None:  # the test's writes, before the rollback
+                await keeper.keep_session(request.node.nodeid, isolated)
+        finally:
+            await isolated.close()
 
 
 @pytest.fixture(scope="session")
@@ -207,7 +218,10 @@ def _dashtam_redis_pools(_dashtam_prepared: Prepared) -> Iterator[LoopRedisPools
 
 
 async def _redis_client_impl(
-    _dashtam_prepared: Prepared, _dashtam_run: DashtamRun, _dashtam_redis_pools: LoopRedisPools
+    request: pytest.FixtureRequest,
+    _dashtam_prepared: Prepared,
+    _dashtam_run: DashtamRun,
+    _dashtam_redis_pools: LoopRedisPools,
 ) -> AsyncIterator[Redis]:
     from redis.asyncio import Redis
 
@@ -219,6 +233,8 @@ async def _redis_client_impl(
         yield client
     finally:
         try:
+            if (keeper := _keeping(request)) is not None:
+                await keeper.note_redis(request.node.nodeid, client, _dashtam_prepared.redis_index)
             await flush_test_index(
                 client, _dashtam_prepared.redis_index, _dashtam_run.config.dev_redis_index, _dashtam_run.owner
             )
@@ -319,19 +335,6 @@ async def _client_impl(
 # private name, and the public fixture (synchronous, no loop of its own) requests the one of its test's loop.
 
 LOOP_SCOPES = ("function", "class", "module", "package", "session")
-
-
-def test_loop_scope(item: pytest.Item) -> str:
-    """The loop a test runs in, by pytest-asyncio's documented rules: the marker's loop_scope, else the
-    `asyncio_default_test_loop_scope` ini option, else a loop per test."""
-    marker = item.get_closest_marker("asyncio")
-    scope = (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")) if marker is not None else None
-    if not scope:
-        try:
-            scope = item.config.getini("asyncio_default_test_loop_scope")
-        except ValueError:
-            scope = None
-    return str(scope or "function")
 
 
 def _variant_name(name: str, scope: str) -> str:

@@ -418,3 +418,59 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section("dashtam")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# --- --dashtam-keep-failed: a failed test's database kept for debugging (isolation/keep.py) ------------------
+# Self-contained: these hooks only read and add what the keeper collects; nothing above depends on them.
+
+KEPT_KEY = pytest.StashKey[list[dict[str, str]]]()  # the xdist controller: what its workers kept
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_runtest_makereport")
+def pytest_runtest_makereport_keep_failed(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Each phase's report on the item (pytest's "making test result information available in fixtures"),
+    so the fixtures' teardown knows the test failed; what was kept ends the teardown report, which the
+    failure's output shows (and xdist carries to the controller)."""
+    report = yield
+    plugin_config = item.config.stash.get(CONFIG_KEY, None)
+    if plugin_config is None or not plugin_config.keep_failed:
+        return report
+    reports = item.stash.setdefault(fixtures.PHASE_REPORTS_KEY, {})
+    reports[report.when] = report
+    keeper = item.config.stash.get(fixtures.KEEPER_KEY, None)
+    if keeper is None or report.when != "teardown":
+        return report
+    setup = reports.get("setup")
+    lines = keeper.report_lines(item.nodeid, shown=setup is None or not setup.failed)
+    if lines:
+        report.sections.append(("dashtam teardown: what the failed test left", "\n".join(lines)))
+    return report
+
+
+@pytest.hookimpl(specname="pytest_sessionfinish")
+def pytest_sessionfinish_keep_failed(session: pytest.Session) -> None:
+    """An xdist worker tells the controller what it kept (for the summary)."""
+    keeper = session.config.stash.get(fixtures.KEEPER_KEY, None)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if keeper is not None and keeper.kept and workeroutput is not None:
+        workeroutput["dashtam_kept"] = keeper.kept
+
+
+@pytest.hookimpl(optionalhook=True, specname="pytest_testnodedown")
+def pytest_testnodedown_keep_failed(node: Any, error: Any) -> None:
+    kept = getattr(node, "workeroutput", {}).get("dashtam_kept")
+    if kept:
+        node.config.stash.setdefault(KEPT_KEY, []).extend(kept)
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_terminal_summary")
+def pytest_terminal_summary_keep_failed(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One line at the end of the run naming the databases kept, and how to list and remove them."""
+    from pytest_dashtam.report import kept_summary
+
+    keeper = config.stash.get(fixtures.KEEPER_KEY, None)
+    lines = kept_summary([*(keeper.kept if keeper is not None else ()), *config.stash.get(KEPT_KEY, [])])
+    if lines:
+        terminalreporter.section("dashtam: kept for debugging")
+        for line in lines:
+            terminalreporter.write_line(line)

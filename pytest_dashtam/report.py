@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +79,7 @@ def header_lines(c: PluginConfig, run: DashtamRun | None, *, verbose: bool) -> l
     if verbose:  # -v: every option, and where it came from
         lines.extend(f"dashtam:   {_describe_masked(c, o.name)}" for o in OPTIONS)
     else:
-        flags = [c.describe(n) for n in ("keep", "rebuild", "alembic_ini") if c.source(n) != "default"]
+        flags = [c.describe(n) for n in ("keep", "keep_failed", "rebuild", "alembic_ini") if c.source(n) != "default"]
         if flags:
             lines.append("dashtam: " + ", ".join(flags))
     return lines
@@ -93,3 +93,20 @@ def _describe_masked(c: PluginConfig, name: str) -> str:
         source = c.source(name)
         return f"{name}={mask_url(value)} ({'default' if source == 'default' else 'from ' + source})"
     return c.describe(name)
+
+
+def kept_summary(kept: Sequence[Mapping[str, str]]) -> list[str]:
+    """The run's last word on `--dashtam-keep-failed`: the databases kept, how to list and remove them, and
+    what the reports of tests that errored in setup could not show (pytest shows no teardown section there)."""
+    if not kept:
+        return []
+    names = ", ".join(k["name"] for k in kept)
+    lines = [
+        f"dashtam: kept {len(kept)} database{'' if len(kept) == 1 else 's'} of failed tests: {names} "
+        "(`dashtam-env kept` lists them, `dashtam-env kept --remove-all` removes them)",
+        *(f"dashtam: {note}" for note in sorted({k["note"] for k in kept if k.get("note")})),
+    ]
+    for k in kept:
+        if k.get("unshown"):
+            lines += [f"dashtam: {k['test']} errored in its setup; what it left:", *k["unshown"].splitlines()]
+    return lines

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pytest_dashtam.backends import Stack
 from pytest_dashtam.cli.envs import Env, say
+from pytest_dashtam.errors import BackendError
 
 
 def app_database_url(stack: Stack, env: Env) -> str:
@@ -93,12 +95,66 @@ def _port_of(url: str, default: int) -> int:
         return default
 
 
-def run_apps(stack: Stack, env: Env) -> int:
-    """Run the API and the callback server in the foreground until Ctrl-C or one of them exits."""
+def _with_scheme(url: str, scheme: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(scheme=scheme)) if url else url
+
+
+# The dev certificate's folder under the project (git-ignored, the user's own, 0700) and its files, as
+# `python -m dashtam.certs` makes them.
+CERT_DIR = Path(".dashtam") / "certs"
+CERT_FILE, KEY_FILE = "cert.pem", "key.pem"
+
+
+def dev_certificate(root: Path) -> tuple[Path, Path]:
+    """The dev certificate and key under `root`, made by the app's `python -m dashtam.certs` when missing or due.
+
+    A subprocess, so that the plugin imports neither the application nor cryptography; the module keeps a
+    valid certificate and renews one that expires within 30 days, so it runs on every `up dev` (a fraction of
+    a second) instead of the CLI guessing its validity from a file date."""
+    directory = root / CERT_DIR
+    done = subprocess.run(
+        [sys.executable, "-m", "dashtam.certs", str(directory)],
+        cwd=root,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BackendError(
+            f"could not make the dev certificate in {directory} (python -m dashtam.certs): {detail}; "
+            "fix that, or serve plain HTTP with `dashtam-env up dev --http`"
+        )
+    for line in done.stdout.strip().splitlines():
+        say(line.removeprefix("dashtam.certs: "))
+    return directory / CERT_FILE, directory / KEY_FILE
+
+
+def run_apps(stack: Stack, env: Env, *, https: bool = True) -> int:
+    """Run the API and the callback server in the foreground until Ctrl-C or one of them exits.
+
+    `https` (dev's default; `up dev --http` turns it off) serves both with the dev certificate, and gives the
+    apps the scheme it implies: the env file names hosts and ports, the mode says http or https, so
+    API_BASE_URL, the callback's redirect URI (CALLBACK_SCHEME) and a PROVIDER_AUTHORIZE_URL on the callback
+    server (the sandbox's consent page) follow it, and the callback server trusts the certificate for its
+    forwarding to the API (API_CA_FILE)."""
     environ = _app_environment(stack, env)
     api_port = _port_of(env.value("API_BASE_URL"), 8000 if env.name == "dev" else 8001)
     callback_port = int(env.value("CALLBACK_PORT", "8182" if env.name == "dev" else "8183"))
+    scheme = "https" if https else "http"
     uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1"]
+    if https:
+        cert_file, key_file = dev_certificate(env.root)
+        uvicorn += ["--ssl-keyfile", str(key_file), "--ssl-certfile", str(cert_file)]
+        environ["API_CA_FILE"] = str(cert_file)
+    else:
+        environ.pop("API_CA_FILE", None)
+    environ["API_BASE_URL"] = _with_scheme(env.value("API_BASE_URL", f"{scheme}://localhost:{api_port}"), scheme)
+    environ["CALLBACK_SCHEME"] = scheme
+    authorize = env.value("PROVIDER_AUTHORIZE_URL")
+    if authorize and _port_of(authorize, 0) == callback_port:
+        environ["PROVIDER_AUTHORIZE_URL"] = _with_scheme(authorize, scheme)
     commands = {
         "api": [*uvicorn, "--port", str(api_port), "dashtam.main:app"],
         "callback": [*uvicorn, "--port", str(callback_port), "dashtam.callback:app"],
@@ -108,7 +164,7 @@ def run_apps(stack: Stack, env: Env) -> int:
     procs = {
         name: subprocess.Popen(cmd, env=environ, cwd=env.root, start_new_session=True) for name, cmd in commands.items()
     }
-    say(f"api on http://127.0.0.1:{api_port}, callback on http://127.0.0.1:{callback_port}; Ctrl-C stops them")
+    say(f"api on {scheme}://localhost:{api_port}, callback on {scheme}://localhost:{callback_port}; Ctrl-C stops them")
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:

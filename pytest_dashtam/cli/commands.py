@@ -1,4 +1,5 @@
-"""The commands: `up`, `down`, `status`, `logs` and `reset` of one environment (or, for status, several)."""
+"""The commands: `up`, `down`, `status`, `logs` and `reset` of one environment (or, for status, several), and
+`kept`: the test stack's databases `--dashtam-keep-failed` kept."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _print_stack(stack: Stack, env: Env, *, headline: bool = True, reason: str =
         say("  tuning: " + ", ".join(f"{k}={v}" for k, v in sorted(stack.tuning.items())))
 
 
-def cmd_up(env: Env, *, run_app: bool) -> int:
+def cmd_up(env: Env, *, run_app: bool, https: bool = True) -> int:
     backend, reason = choose_backend(env)
     stack = backend.start()
     remember_backend(env, backend.name)
@@ -41,7 +42,7 @@ def cmd_up(env: Env, *, run_app: bool) -> int:
         say("dev database migrated to head")
     _print_stack(stack, env, reason=reason)
     if env.name == "dev" and run_app:
-        return run_apps(stack, env)
+        return run_apps(stack, env, https=https)
     return 0
 
 
@@ -148,3 +149,44 @@ def cmd_reset(env: Env) -> int:
     test_db = run_async(lambda: _reset_test(stack, env, config))
     say(f"test: database {test_db} rebuilt from the migrations, Redis index {app_redis_url(stack, env)} emptied")
     return 0
+
+
+async def _kept(stack: Stack, config: PluginConfig, remove: Sequence[str], remove_all: bool) -> int:
+    from pytest_dashtam import schema
+    from pytest_dashtam.isolation.keep import psql_line
+
+    admin, dev = stack.postgres_url, config.dev_database
+    if not remove and not remove_all:
+        kept = await schema.list_kept_databases(admin, config.test_database)
+        plural = "" if len(kept) == 1 else "s"
+        say(f"test: {len(kept)} kept database{plural} of {config.test_database} on the {stack.backend} stack")
+        for k in kept:
+            say(f"  {k.name}: {k.test} (kept {k.when.replace('T', ' ')})")
+            say(f"    {psql_line(admin, k.name)}")
+        return 0
+    names = list(remove)
+    if remove_all:
+        names += [k.name for k in await schema.list_kept_databases(admin, config.test_database)]
+    for name in names:  # each checked for the kept stamp before anything is dropped
+        if not await schema.drop_kept_database(admin, name, dev_database=dev):
+            raise SafetyError(
+                f"there is no database {name!r} on the test stack; `dashtam-env kept` lists the kept ones"
+            )
+        say(f"test: removed kept database {name}")
+    if not names:
+        say(f"test: no kept databases of {config.test_database} to remove")
+    return 0
+
+
+def cmd_kept(env: Env, *, remove: Sequence[str] = (), remove_all: bool = False) -> int:
+    """List the test stack's kept databases (this project's: named after its test database), or remove them:
+    only databases carrying the kept stamp, after the same gate as every other command."""
+    config = env.config
+    _gate(config)
+    backend, status = find_running(env)
+    if not status.running or status.stack is None:
+        detail = f": {status.detail}" if status.detail else ""
+        say(f"test: not running ({backend.name} backend){detail}; kept databases live as long as its stack")
+        return 1 if remove or remove_all else 0
+    stack = status.stack
+    return run_async(lambda: _kept(stack, config, remove, remove_all))

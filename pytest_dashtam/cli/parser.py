@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import get_args
 
 from pytest_dashtam.backends import BackendChoice, EnvName
-from pytest_dashtam.cli.commands import cmd_down, cmd_logs, cmd_reset, cmd_status, cmd_up
+from pytest_dashtam.cli.commands import cmd_down, cmd_kept, cmd_logs, cmd_reset, cmd_status, cmd_up
 from pytest_dashtam.cli.envs import DEV_ENV_FILE, Env, load_env, say
 from pytest_dashtam.errors import BackendError, ConfigError, DashtamError, SafetyError
 
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start an environment (dev also migrates and runs the app until Ctrl-C)")
     up.add_argument("env", choices=ENVS)
     up.add_argument("--no-app", action="store_true", help="dev: start the servers only, not the app")
+    up.add_argument(
+        "--http",
+        action="store_true",
+        help="dev: serve the app and the callback server over plain HTTP (default: HTTPS with a self-signed "
+        "certificate made on first use in .dashtam/certs)",
+    )
     down = sub.add_parser("down", help="stop an environment's servers")
     down.add_argument("env", choices=ENVS)
     status = sub.add_parser("status", help="what runs, where, since when")
@@ -58,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--lines", type=int, default=200, help="how many lines of each log (default 200)")
     reset = sub.add_parser("reset", help="rebuild the test database from the migrations (init_test_db)")
     reset.add_argument("env", choices=ENVS)
+    kept = sub.add_parser("kept", help="the test stack's databases --dashtam-keep-failed kept: list, or remove them")
+    which = kept.add_mutually_exclusive_group()
+    which.add_argument("--remove", action="append", default=[], metavar="NAME", help="remove this kept database")
+    which.add_argument("--remove-all", action="store_true", help="remove every kept database of this project")
     return parser
 
 
@@ -86,9 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageProblem("only the test environment can be reset: the dev database is never dropped")
         if args.command == "status":
             return cmd_status(_status_envs(root, args.env, backend, timeout))
+        if args.command == "kept":
+            test = load_env("test", root, backend=backend, timeout=timeout)
+            return cmd_kept(test, remove=args.remove, remove_all=args.remove_all)
         env = load_env(args.env, root, backend=backend, timeout=timeout)
         if args.command == "up":
-            return cmd_up(env, run_app=not args.no_app)
+            return cmd_up(env, run_app=not args.no_app, https=not args.http)
         if args.command == "down":
             return cmd_down(env)
         if args.command == "logs":

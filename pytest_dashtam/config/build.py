@@ -46,6 +46,7 @@ class PluginConfig:
     postgres_url: str | None
     redis_url: str | None
     keep: bool
+    keep_failed: bool
     rebuild: bool
     timings: bool
     gc_freeze: bool
@@ -101,6 +102,7 @@ _REPR_FIELDS = (
     "redis_url",
     "compose_project",
     "keep",
+    "keep_failed",
     "rebuild",
     "timeout",
 )
@@ -232,6 +234,7 @@ def build_config(
         postgres_url=postgres_url,
         redis_url=redis_url,
         keep=bool(values["keep"]),
+        keep_failed=bool(values["keep_failed"]),
         rebuild=bool(values["rebuild"]),
         timings=bool(values["timings"]),
         gc_freeze=bool(values["gc_freeze"]),

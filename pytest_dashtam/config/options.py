@@ -103,6 +103,13 @@ OPTIONS: tuple[Option, ...] = (
         kind="flag",
         default=False,
     ),
+    Option(
+        "keep_failed",
+        "keep the database state a failing test left (its writes, not rolled back) under a name of its own, "
+        "and end its report with the psql line and the Redis keys it left (`dashtam-env kept` lists them)",
+        kind="flag",
+        default=False,
+    ),
     Option("rebuild", "rebuild the template schema even if its hash matches", kind="flag", default=False),
     Option(
         "timings",

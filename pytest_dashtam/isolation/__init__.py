@@ -8,6 +8,8 @@ Three costs shape this package (measured on this project's machines, see issue 4
   (the same physical one, from the pool) to keep the statement caches from growing.
 * `cleanup`: DELETE of the tables a real-commit test wrote is ~10x faster than TRUNCATE of them all.
 
+After a failed test, `keep` copies what it left into a database of its own (`--dashtam-keep-failed`).
+
 And what `client` needs around the app: `lifespan` runs the app's ASGI lifespan in the test's loop, `shapes`
 stands in for a session dependency that gives a session, a sessionmaker or an engine.
 """
@@ -15,6 +17,7 @@ stands in for a session dependency that gives a session, a sessionmaker or an en
 from __future__ import annotations
 
 from pytest_dashtam.isolation.cleanup import TableCleaner, WriteTracker
+from pytest_dashtam.isolation.keep import Keeper, copy_order, kept_database_name
 from pytest_dashtam.isolation.lifespan import Lifespan, LifespanError, LoopLifespans, RunningLifespans
 from pytest_dashtam.isolation.loops import (
     CONNECTIONS_PER_WORKER,
@@ -24,9 +27,11 @@ from pytest_dashtam.isolation.loops import (
     LoopRedisPools,
     PerLoop,
     run_async,
+    test_loop_scope,
 )
 from pytest_dashtam.isolation.sessions import (
     IsolatedSession,
+    dashtam_db_marker,
     dependency_overrides,
     flush_test_index,
     open_commit_session,
@@ -47,6 +52,7 @@ __all__ = [
     "POOL_SIZE",
     "IsolatedSession",
     "JoinedEngine",
+    "Keeper",
     "Lifespan",
     "LifespanError",
     "LoopEngines",
@@ -58,12 +64,16 @@ __all__ = [
     "TableCleaner",
     "WriteTracker",
     "client_overrides",
+    "copy_order",
+    "dashtam_db_marker",
     "dependency_overrides",
     "dependency_shape",
     "flush_test_index",
+    "kept_database_name",
     "open_commit_session",
     "open_rollback_session",
     "override_with",
     "run_async",
     "stand_in",
+    "test_loop_scope",
 ]

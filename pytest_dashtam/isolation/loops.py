@@ -51,6 +51,19 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(lambda: asyncio.Runner(loop_factory=asyncio.new_event_loop).run(main())).result()
 
 
+def test_loop_scope(item: Any) -> str:
+    """The loop a pytest item runs in, by pytest-asyncio's documented rules: the marker's loop_scope, else
+    the `asyncio_default_test_loop_scope` ini option, else a loop per test."""
+    marker = item.get_closest_marker("asyncio")
+    scope = (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")) if marker is not None else None
+    if not scope:
+        try:
+            scope = item.config.getini("asyncio_default_test_loop_scope")
+        except ValueError:
+            scope = None
+    return str(scope or "function")
+
+
 # How long the tasks of an interrupted loop get to unwind (close their connections) before it is closed.
 _UNWIND_S = 5.0
 

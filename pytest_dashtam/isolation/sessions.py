@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 
 
+def dashtam_db_marker(transaction: bool = False) -> bool:
+    """The `dashtam_db` marker's signature: validates its arguments, returns `transaction`."""
+    if not isinstance(transaction, bool):
+        raise TypeError(f"transaction must be True or False, got {transaction!r}")
+    return transaction
+
+
 @dataclass
 class IsolatedSession:
     """A test's session and what has to be undone after it."""

@@ -14,7 +14,8 @@ The package, one job per module:
 * `ddl`: connections, advisory locks and the statements that create and drop databases, behind the checks;
 * `migration`: `alembic upgrade head` into one database, in a child process that can reach nothing else;
 * `templates`: the template's lifecycle (build, reuse, drop the stale ones) and the test databases' (clone,
-  drop, read back the tuning).
+  drop, read back the tuning);
+* `kept`: the databases `--dashtam-keep-failed` keeps (made from the template, stamped kept, listed, dropped).
 
 Other modules import from the package: the names in `__all__` are its interface.
 """
@@ -23,9 +24,17 @@ from __future__ import annotations
 
 from pytest_dashtam.schema.ddl import reclaim_unfinished, unfinished_name
 from pytest_dashtam.schema.hashing import template_hash
+from pytest_dashtam.schema.kept import (
+    KeptDatabase,
+    create_kept_database,
+    drop_kept_database,
+    list_kept_databases,
+    parse_kept_stamp,
+)
 from pytest_dashtam.schema.migration import migrate
 from pytest_dashtam.schema.names import (
     ROLE_BUILDING,
+    ROLE_KEPT,
     ROLE_TEMPLATE,
     ROLE_TEST,
     database_url,
@@ -43,15 +52,21 @@ from pytest_dashtam.schema.templates import (
 
 __all__ = [
     "ROLE_BUILDING",
+    "ROLE_KEPT",
     "ROLE_TEMPLATE",
     "ROLE_TEST",
+    "KeptDatabase",
     "TemplateResult",
+    "create_kept_database",
     "create_test_database",
     "database_url",
+    "drop_kept_database",
     "drop_templates",
     "drop_test_database",
     "ensure_template",
+    "list_kept_databases",
     "migrate",
+    "parse_kept_stamp",
     "read_tuning",
     "reclaim_unfinished",
     "redis_url_with_index",

@@ -12,6 +12,8 @@ _MAX_IDENTIFIER = 63
 ROLE_TEMPLATE = "template"
 ROLE_BUILDING = "template-building"
 ROLE_TEST = "test"
+# A failed test's database kept for debugging (--dashtam-keep-failed): no stale cleanup drops this role.
+ROLE_KEPT = "kept"
 
 
 def template_name(test_db: str, hash_: str) -> str:

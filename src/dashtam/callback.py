@@ -12,6 +12,7 @@ the whole flow runs offline: point PROVIDER_AUTHORIZE_URL at it.
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import AsyncGenerator
 from html import escape
@@ -30,9 +31,19 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 FORWARD_TIMEOUT_SECONDS = 15.0
 
 
+def api_verify(settings: Settings) -> ssl.SSLContext | bool:
+    """What the forwarding client verifies the API's certificate with: API_CA_FILE alone when set (the dev
+    environment's self-signed certificate), else the system's CAs. Never off."""
+    if settings.API_CA_FILE is None:
+        return True
+    return ssl.create_default_context(cafile=str(settings.API_CA_FILE))
+
+
 async def get_api_client(settings: SettingsDep) -> AsyncGenerator[httpx.AsyncClient, None]:
     """The client that forwards to the API at settings.API_BASE_URL (tests override this)."""
-    async with httpx.AsyncClient(base_url=settings.API_BASE_URL, timeout=FORWARD_TIMEOUT_SECONDS) as client:
+    async with httpx.AsyncClient(
+        base_url=settings.API_BASE_URL, timeout=FORWARD_TIMEOUT_SECONDS, verify=api_verify(settings)
+    ) as client:
         yield client
 
 

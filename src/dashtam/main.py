@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from dashtam.api import api_router, health_router
 from dashtam.core.database import dispose_default_engine
@@ -38,7 +39,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package
+    # (/static-offline-docs), not from a CDN, so they render on a machine without internet.
+    app = FastAPIOffline(
         lifespan=lifespan,
         title="Dashtam",
         summary="Connects a user's accounts at financial providers through OAuth and keeps the tokens.",

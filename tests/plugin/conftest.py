@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from foreign import Foreign, foreign_data, unique_name
 from inner_project import Inner, inner_environment
 from selftest import Servers, suspended_guard
 
@@ -33,3 +34,13 @@ def inner(
     finally:
         with suspended_guard():
             project.cleanup()
+
+
+@pytest.fixture
+def planted(inner: Inner) -> Iterator[Foreign]:
+    """Someone else's database (with rows) and Redis index on the servers the inner run uses: the tests
+    compare their checksum before and after."""
+    with foreign_data(inner.postgres_url, inner.redis_url) as foreign:
+        foreign.plant_database(unique_name("foreign"))
+        foreign.plant_redis(foreign.free_index(1))
+        yield foreign

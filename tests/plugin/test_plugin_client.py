@@ -8,11 +8,10 @@ else's database and Redis index on the same servers are left exactly as they wer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from foreign import Foreign, foreign_data, unique_name
+from foreign import Foreign
 from inner_project import Inner
 
 
@@ -21,14 +20,6 @@ def shapes(inner: Inner) -> Inner:
     inner.copy("shapes")
     return inner
 
-
-@pytest.fixture
-def shared(inner: Inner) -> Iterator[Foreign]:
-    """Someone else's database and Redis index on the servers the inner run uses."""
-    with foreign_data(inner.postgres_url, inner.redis_url) as foreign:
-        foreign.plant_database(unique_name("foreign"))
-        foreign.plant_redis(foreign.free_index(1))
-        yield foreign
 
 
 @pytest.fixture
@@ -48,13 +39,13 @@ def _log(path: Path) -> list[str]:
     [("session", "get_session"), ("sessionmaker", "get_sessionmaker"), ("engine", "get_engine")],
 )
 def test_each_dependency_shape_gets_the_test_s_transaction(
-    shapes: Inner, shared: Foreign, shape: str, dependency: str
+    shapes: Inner, planted: Foreign, shape: str, dependency: str
 ) -> None:
-    before = shared.checksum()
+    before = planted.checksum()
     result = shapes.run(f"tests/test_{shape}.py", "-v", "-o", f"dashtam_session_dependency=shapes.db:{dependency}")
     result.assert_outcomes(passed=3 if shape == "session" else 4)
     result.stdout.fnmatch_lines(["*test_a_write_through_the_api PASSED*", "*test_the_next_test_sees_none PASSED*"])
-    assert shared.checksum() == before
+    assert planted.checksum() == before
 
 
 def test_the_lifespan_runs_once_per_loop_scope(shapes: Inner, lifespan_log: Path) -> None:

@@ -110,6 +110,7 @@ EVERY_OPTION: dict[str, tuple[str, str]] = {
     "redis_dependency": ("exampleapp:get_redis", "exampleapp:get_redis"),
     "compose_files": ("other.yml", "other.yml"),
     "keep": ("true", "True"),
+    "keep_failed": ("true", "True"),
     "rebuild": ("true", "True"),
     "timings": ("true", "True"),
     "dev_database": ("devdb", "devdb"),

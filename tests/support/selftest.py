@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import psycopg
@@ -94,3 +95,14 @@ def _plant_machine_databases(postgres_url: str) -> None:
         with psycopg.connect(postgres_url, dbname=name, autocommit=True) as conn:
             conn.execute("CREATE TABLE someones_data (v text)")
             conn.execute("INSERT INTO someones_data VALUES ('someone else''s row')")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """A child the test started, gone: SIGTERM, then SIGKILL if it outlives `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

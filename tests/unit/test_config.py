@@ -24,6 +24,7 @@ SAMPLES: dict[str, tuple[object, str, object]] = {
     "postgres_url": ("postgresql://cli", "postgresql://env", "postgresql://ini"),
     "redis_url": ("redis://cli", "redis://env", "redis://ini"),
     "keep": (True, "0", True),
+    "keep_failed": (True, "0", True),
     "rebuild": (True, "0", True),
     "timings": (True, "0", True),
     "gc_freeze": ("off", "on", False),

@@ -48,7 +48,7 @@ def new_state(provider_id: uuid.UUID) -> str:
 
 def redirect_uri(settings: Settings) -> str:
     """The callback server's address, which must be identical in both legs of the flow."""
-    return f"http://{settings.CALLBACK_HOST}:{settings.CALLBACK_PORT}{CALLBACK_PATH}"
+    return f"{settings.CALLBACK_SCHEME}://{settings.CALLBACK_HOST}:{settings.CALLBACK_PORT}{CALLBACK_PATH}"
 
 
 def _client_for(registry: ProviderRegistry, provider_key: str) -> ProviderClient:

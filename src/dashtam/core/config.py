@@ -7,6 +7,7 @@ can export the test environment before the application reads it.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -43,8 +44,14 @@ class Settings(BaseSettings):
     TOKEN_ENCRYPTION_KEY: SecretStr | None = None
 
     API_BASE_URL: str = "http://127.0.0.1:8000"
+    # The CA bundle (PEM) the callback server verifies API_BASE_URL's certificate against, instead of the
+    # system's: the dev certificate (`python -m dashtam.certs`), which `dashtam-env up dev` sets. Unset: the
+    # system's CAs. Verification is never off.
+    API_CA_FILE: Path | None = None
     CALLBACK_HOST: str = "127.0.0.1"
     CALLBACK_PORT: int = 8182
+    # How the provider reaches the callback server: the scheme of the redirect URI (https in dev).
+    CALLBACK_SCHEME: Literal["http", "https"] = "http"
 
     # The OAuth provider. "sandbox" issues tokens locally, so dev and tests run offline.
     PROVIDER_NAME: str = "sandbox"
@@ -75,6 +82,17 @@ class Settings(BaseSettings):
         index = parts.path.strip("/")
         if parts.scheme != "unix" and index and not index.isdigit():
             raise ValueError(f"REDIS_URL's path must be the Redis index, e.g. redis://host:6379/1 (got {index!r})")
+        return value
+
+    @field_validator("API_CA_FILE")
+    @classmethod
+    def _readable_ca_file(cls, value: Path | None) -> Path | None:
+        # Refused at start-up, not as a TLS error on the first forwarded callback.
+        if value is not None and not value.is_file():
+            raise ValueError(
+                f"API_CA_FILE={value} is not a file; point it at the API's certificate (PEM), e.g. the dev one "
+                "python -m dashtam.certs makes (.dashtam/certs/cert.pem), or unset it to trust the system's CAs"
+            )
         return value
 
     @field_validator("TOKEN_ENCRYPTION_KEY")
