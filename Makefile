@@ -61,15 +61,12 @@ test-app: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal tests/app $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pytest_dashtam src tests bench
+	$(BIN)/ruff check pytest_dashtam src tests bench docs examples
 	$(BIN)/mypy --strict
 
-# Self-signed certificates for serving the dev app over HTTPS (uvicorn --ssl-keyfile/--ssl-certfile).
-certs:
-	mkdir -p certs
-	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=localhost" \
-		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-		-keyout certs/key.pem -out certs/cert.pem
+# The dev app's self-signed certificate (.dashtam/certs, made on first use by `make dev-up` too); FORCE=1 remakes it.
+certs: $(STAMP)
+	$(BIN)/python -m dashtam.certs $(if $(FORCE),--force)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
