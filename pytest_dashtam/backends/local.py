@@ -202,11 +202,27 @@ class LocalBackend:
             launch.cache_filler.join(timeout=120)
             launch.cache_filler = None
 
+    def _prune_seed(self, launch: Launch) -> None:
+        """A cluster about to become the next runs' seed keeps only the newest templates (schema's
+        `prune_for_seed`): the seed is copied on every later start. Best effort: a cluster that cannot be
+        pruned is kept as it is."""
+        state, stack = launch.state, self._stack
+        if stack is None or not state.run_dir or not (Path(state.run_dir) / SEED_REQUEST).exists():
+            return
+        if state.postgres is None or state.postgres.frozen():  # a stopped server would only make us wait
+            return
+        from pytest_dashtam.isolation import run_async
+        from pytest_dashtam.schema import prune_for_seed
+
+        with contextlib.suppress(Exception):
+            run_async(lambda: prune_for_seed(stack.postgres_url))
+
     def _teardown_own(self) -> None:
         self._join_cache_filler()
         launch = self._launch
         if launch is None:
             return
+        self._prune_seed(launch)
         teardown_state(launch.state, launch.children, seed_cache=self.cache_dir or seed_cache_root())
         remove_state(self.state_dir, launch.state.run_id)
         self._launch = None

@@ -42,11 +42,13 @@ from pytest_dashtam.schema.names import (
     template_name,
 )
 from pytest_dashtam.schema.templates import (
+    SEED_TEMPLATES,
     TemplateResult,
     create_test_database,
     drop_templates,
     drop_test_database,
     ensure_template,
+    prune_for_seed,
     read_tuning,
 )
 
@@ -55,6 +57,7 @@ __all__ = [
     "ROLE_KEPT",
     "ROLE_TEMPLATE",
     "ROLE_TEST",
+    "SEED_TEMPLATES",
     "KeptDatabase",
     "TemplateResult",
     "create_kept_database",
@@ -67,6 +70,7 @@ __all__ = [
     "list_kept_databases",
     "migrate",
     "parse_kept_stamp",
+    "prune_for_seed",
     "read_tuning",
     "reclaim_unfinished",
     "redis_url_with_index",

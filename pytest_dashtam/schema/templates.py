@@ -11,12 +11,14 @@ dropped as stale only after the new one is finished.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
 
+from pytest_dashtam.errors import SafetyError
 from pytest_dashtam.safety import check_test_name, database_comment, is_owned_comment, ownership_comment, raise_for
 from pytest_dashtam.schema.chain import Chain, load_chain, parse_ready_stamp, ready_stamp
 from pytest_dashtam.schema.ddl import (
@@ -194,6 +196,41 @@ async def _drop_stale(
         except asyncpg.ObjectInUseError:
             continue  # another run is cloning from it right now; the next run drops it
     return tuple(dropped)
+
+
+# How many templates a local test cluster kept as the next runs' seed carries (the newest ones): enough for a
+# project's current template and the older ones an incremental build extends, and for a few projects that
+# share the cache; every database beyond them would be copied on every start of every later run.
+SEED_TEMPLATES = 8
+
+
+async def prune_for_seed(admin_url: str, *, keep_templates: int = SEED_TEMPLATES) -> tuple[str, ...]:
+    """Before a throw-away cluster of ours becomes the next runs' seed: drop what the plugin made in it except
+    the `keep_templates` newest finished templates (by creation order, i.e. oid); returns the names dropped.
+
+    The seed starts every later cluster, so whatever it holds is copied on every start: without a bound,
+    the templates of every project and test-database name that ever ran here pile up in it. Only databases
+    carrying the plugin's stamp are dropped (each through ddl's checks), never one it did not make.
+    """
+    conn = await _connect(admin_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS comment FROM pg_database ORDER BY oid DESC"
+        )
+        ours = [(r["datname"], r["comment"]) for r in rows if is_owned_comment(r["comment"])]
+        finished = ownership_comment(ROLE_TEMPLATE, "")
+        templates = [name for name, comment in ours if (comment or "").startswith(finished)]
+        keep = set(templates[: max(keep_templates, 0)])
+        dropped: list[str] = []
+        for name, _comment in ours:
+            if name in keep:
+                continue
+            with contextlib.suppress(SafetyError, asyncpg.PostgresError):  # left in the seed, as before
+                if await _drop_database(conn, name, dev_database=None, force=True):
+                    dropped.append(name)
+        return tuple(dropped)
+    finally:
+        await conn.close()
 
 
 async def drop_templates(admin_url: str, *, test_db: str, dev_database: str | None = None) -> tuple[str, ...]:

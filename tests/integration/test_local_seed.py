@@ -17,6 +17,9 @@ import pytest
 
 from pytest_dashtam.backends.base import BackendOptions, Stack
 from pytest_dashtam.backends.local import LocalBackend
+from pytest_dashtam.safety import ownership_comment
+from pytest_dashtam.schema import SEED_TEMPLATES
+from pytest_dashtam.schema.names import ROLE_TEMPLATE, ROLE_TEST
 
 SYSTEM_PG15 = Path("/usr/lib/postgresql/15/bin")
 pytestmark = pytest.mark.skipif(not SYSTEM_PG15.is_dir(), reason="needs Debian's PostgreSQL 15 binaries")
@@ -119,3 +122,34 @@ def test_a_damaged_seed_falls_back_to_the_initdb_cache(folders: tuple[Path, Path
         assert _sql(again, "SELECT 1") == 1
     finally:
         again_backend.stop()
+
+
+def test_the_seed_keeps_only_the_newest_templates_and_what_is_not_ours(folders: tuple[Path, Path]) -> None:
+    """Without a bound the seed would carry every template ever built here, copied on every later start."""
+    cache, state = folders
+    first = _backend(cache, state)
+    stack = first.start()
+    templates = [f"proj{i}_test_tpl_{i:012x}" for i in range(SEED_TEMPLATES + 2)]  # created oldest first
+    try:
+        for name in templates:
+            _sql(stack, f"CREATE DATABASE {name}")
+            _sql(stack, f"COMMENT ON DATABASE {name} IS '{ownership_comment(ROLE_TEMPLATE, 'h')}'")
+        _sql(stack, "CREATE DATABASE proj0_test_gw0")
+        _sql(stack, f"COMMENT ON DATABASE proj0_test_gw0 IS '{ownership_comment(ROLE_TEST, templates[0])}'")
+        _sql(stack, "CREATE DATABASE someones_data")  # unstamped: not the plugin's to drop
+        first.template_built(stack)
+    finally:
+        first.stop()
+
+    second = _backend(cache, state)
+    again = second.start()
+    try:
+        assert cache_of(again) == "seed"
+        names = _sql(again, "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database")
+        assert isinstance(names, str)
+        left = set(names.split(","))
+        assert {n for n in left if "_tpl_" in n} == set(templates[-SEED_TEMPLATES:])
+        assert "proj0_test_gw0" not in left
+        assert "someones_data" in left
+    finally:
+        second.stop()
