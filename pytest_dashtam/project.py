@@ -6,6 +6,7 @@ named (`module:attr`), each failure a one-line ConfigError naming the option.
 
 from __future__ import annotations
 
+import os
 import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -50,7 +51,7 @@ def load_settings(spec: str, env_file: Path) -> Any:
         from pydantic_settings import BaseSettings
 
         if isinstance(cls, type) and issubclass(cls, BaseSettings):
-            kwargs["_env_file"] = str(env_file)
+            kwargs["_env_file"] = env_files_with(cls.model_config.get("env_file"), env_file)
             cls = masked_settings_class(cls)
     except ImportError:  # pragma: no cover - pydantic-settings is a dependency
         pass
@@ -62,6 +63,24 @@ def load_settings(spec: str, env_file: Path) -> Any:
         raise ConfigError(
             f"the settings class {spec} refused the test env file {env_file}: {detail}; fix the env file"
         ) from exc
+
+
+def env_files_with(own: object, env_file: Path) -> tuple[str, ...]:
+    """The settings class's own env files (`model_config["env_file"]`: none, one, or a sequence), then the
+    test env file, which pydantic-settings lets win as the last one.
+
+    The test env file is added, not swapped in: a project's fields that only its own `.env` sets (an API
+    key, a feature flag) stay set, and the test values still win over them (so does the environment the
+    plugin exported, over both).
+    """
+    if own is None:
+        files: list[str] = []
+    elif isinstance(own, str | Path):
+        files = [str(own)]
+    else:
+        files = [str(f) for f in own] if isinstance(own, list | tuple) else []
+    test = str(env_file)
+    return (*[f for f in files if os.path.abspath(f) != os.path.abspath(test)], test)
 
 
 def masked_settings_class(cls: type[Any]) -> type[Any]:
