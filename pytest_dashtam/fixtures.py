@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 import pytest_asyncio
 
+from pytest_dashtam.config import NO_REDIS
 from pytest_dashtam.errors import ConfigError, DashtamError
 from pytest_dashtam.isolation import Keeper, dashtam_db_marker, test_loop_scope
 from pytest_dashtam.run import DashtamRun, Prepared
@@ -212,6 +213,8 @@ async def _db_session_impl(
 def _dashtam_redis_pools(_dashtam_prepared: Prepared) -> Iterator[LoopRedisPools]:
     from pytest_dashtam.isolation import LoopRedisPools
 
+    if _dashtam_prepared.redis_url is None:  # every Redis fixture needs these pools: one place says why
+        pytest.fail(f"pytest-dashtam: {NO_REDIS}", pytrace=False)
     pools = LoopRedisPools(_dashtam_prepared.redis_url)
     yield pools
     pools.close()
@@ -233,11 +236,11 @@ async def _redis_client_impl(
         yield client
     finally:
         try:
+            index = _dashtam_prepared.redis_index
+            assert index is not None  # the pools exist only on a stack with Redis
             if (keeper := _keeping(request)) is not None:
-                await keeper.note_redis(request.node.nodeid, client, _dashtam_prepared.redis_index)
-            await flush_test_index(
-                client, _dashtam_prepared.redis_index, _dashtam_run.config.dev_redis_index, _dashtam_run.owner
-            )
+                await keeper.note_redis(request.node.nodeid, client, index)
+            await flush_test_index(client, index, _dashtam_run.config.dev_redis_index, _dashtam_run.owner)
         finally:
             await client.aclose()
 
@@ -267,12 +270,14 @@ def _dashtam_dependencies(_dashtam_run: DashtamRun) -> Dependencies:
 
 @pytest.fixture
 def dashtam_dependency_overrides(
-    _dashtam_dependencies: Dependencies, db_session: AsyncSession, redis_client: Redis
+    request: pytest.FixtureRequest, _dashtam_dependencies: Dependencies, db_session: AsyncSession
 ) -> dict[Any, Callable[..., Any]]:
     """What `client` overrides (session dependency, by its shape, on db_session; Redis): extend it in your conftest."""
     from pytest_dashtam.isolation import client_overrides
 
-    return client_overrides(_dashtam_dependencies, db_session, redis_client)
+    # redis_client only for an app with a Redis dependency: a project without Redis has no Redis fixtures.
+    redis = request.getfixturevalue("redis_client") if _dashtam_dependencies.redis is not None else None
+    return client_overrides(_dashtam_dependencies, db_session, redis)
 
 
 @pytest.fixture(scope="session")

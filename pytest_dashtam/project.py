@@ -104,8 +104,10 @@ def masked_settings_class(cls: type[Any]) -> type[Any]:
     return masked
 
 
-def check_settings_point_at(settings: Any, spec: str, database_url: str, redis_url: str) -> None:
-    """The settings must carry the URLs the plugin exported (a validator or an env_prefix may not)."""
+def check_settings_point_at(settings: Any, spec: str, database_url: str, redis_url: str | None) -> None:
+    """The settings must carry the URLs the plugin exported (a validator or an env_prefix may not); no Redis
+    URL is exported for a project without Redis (its settings' own value, if any, reaches nothing: the guard
+    refuses every Redis connection of such a run)."""
     from sqlalchemy.engine import make_url
 
     from pytest_dashtam.safety import plain_value, settings_value
@@ -125,7 +127,8 @@ def check_settings_point_at(settings: Any, spec: str, database_url: str, redis_u
             f"(it has {mask_url(plain_value(db_value) or '')}, the test database is {mask_url(database_url)}): "
             "an env_prefix, an alias or a validator? the settings must take the test stack's URL"
         )
-    if redis_value is not None and (plain_value(redis_value) or "").rstrip("/") != redis_url.rstrip("/"):
+    redis_value_text = (plain_value(redis_value) or "").rstrip("/") if redis_value is not None else None
+    if redis_url is not None and redis_value_text is not None and redis_value_text != redis_url.rstrip("/"):
         raise ConfigError(
             f"the settings class {spec} does not read REDIS_URL from the environment as the plugin exported it "
             f"(it has {mask_url(plain_value(redis_value) or '')}, the test index is {mask_url(redis_url)}); "

@@ -101,12 +101,13 @@ async def clone(
     *,
     template: str,
     database_url: str,
-    redis_url: str,
-    redis_index: int,
+    redis_url: str | None,
+    redis_index: int | None,
     owner: str,
     dev_database: str,
 ) -> tuple[dict[str, str], Any]:
-    """(tuning, cleaner): this worker's database cloned and read, its Redis index emptied, in one loop.
+    """(tuning, cleaner): this worker's database cloned and read, its Redis index emptied (a project without
+    Redis has none), in one loop.
 
     The Redis flush runs while PostgreSQL copies the template, and one connection to the new database
     serves both the tuning read-back and the cleaner's catalog read (the first connections to a
@@ -114,7 +115,12 @@ async def clone(
     """
     from pytest_dashtam import schema
 
-    flush = asyncio.ensure_future(flush_redis(redis_url, redis_index, owner))
+    async def nothing() -> None:
+        return None
+
+    flush = asyncio.ensure_future(
+        flush_redis(redis_url, redis_index, owner) if redis_url is not None and redis_index is not None else nothing()
+    )
     try:
         await schema.create_test_database(
             stack.postgres_url,

@@ -41,7 +41,8 @@ def describe_report(report: Mapping[str, Any]) -> list[str]:
     return [
         f"dashtam: backend={report['backend']} ({report['backend_reason']}): {report['postgres']}, {report['redis']}",
         f"dashtam: database {report['database']} from template {report['template']} ({hit}), "
-        f"redis index {report['redis_index']}, tuning {tuning}",
+        + (f"redis index {report['redis_index']}, " if report.get("redis_index") is not None else "")
+        + f"tuning {tuning}",
         *(f"dashtam: {note}" for note in report.get("notes", ())),
     ]
 

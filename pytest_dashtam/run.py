@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pytest_dashtam import provision
 from pytest_dashtam.backends.base import Backend, Stack
-from pytest_dashtam.config import PluginConfig
+from pytest_dashtam.config import NO_REDIS, PluginConfig
 from pytest_dashtam.environment import HANDOFF_ENV, Handoff, app_environment, export_env, restore_env
 from pytest_dashtam.errors import BackendError
 from pytest_dashtam.failed_handoff import FAILED_ENV, controller_failed, controller_failure
@@ -34,6 +34,7 @@ from pytest_dashtam.watchdog import watching
 Role = Literal["solo", "controller", "worker"]
 
 
+
 @dataclass(frozen=True)
 class Prepared:
     """What one worker got: the stack, its checked settings, its database and Redis index."""
@@ -42,8 +43,8 @@ class Prepared:
     settings: Any
     database: str
     database_url: str  # the application's URL of this worker's database (its own driver)
-    redis_url: str  # redis://.../N of this worker's index
-    redis_index: int
+    redis_url: str | None  # redis://.../N of this worker's index; None for a project without Redis
+    redis_index: int | None
     template: str
     template_hash: str
     cache_hit: bool
@@ -151,13 +152,14 @@ class DashtamRun:
         with self.timings.measure("safety"), watching(stack, config.timeout, "the opening of the stack (leases)"):
             from pytest_dashtam.leases import Leases
 
-            self.leases = Leases(stack.postgres_url, stack.redis_url if self.role != "controller" else None, self.owner)
+            leases_redis = stack.redis_url if self.role != "controller" and stack.has_redis else None
+            self.leases = Leases(stack.postgres_url, leases_redis, self.owner)
             self.leases.open()
             if self.role == "controller":
                 provision.check_capacity(stack, self.worker_count)
                 if config.rebuild:
                     provision.drop_templates(config, stack)
-            if self.role != "controller":
+            if self.role != "controller" and stack.has_redis:
                 # First, so that a run that cannot have an index of its own changes nothing on the servers.
                 first = config.redis_index + self.worker_number
                 self.redis_index = self.leases.claim_redis_index(
@@ -199,12 +201,13 @@ class DashtamRun:
         postgres = redis = None
         if stack is not None and self._error is None:
             postgres = Target(*host_port(stack.postgres_url))
-            redis = Target(*host_port(stack.redis_url))
+            redis = Target(*host_port(stack.redis_url)) if stack.has_redis else None
         self.guard = ConnectionGuard(
             postgres=postgres,
             redis=redis,
             hint="take the URLs from the environment the plugin exported (DATABASE_URL, REDIS_URL) or from the "
             "dashtam_settings fixture, not from a fixed address",
+            no_redis=None if self.config.redis else NO_REDIS,
         )
         if postgres is not None:
             self.guard.allow_database(self.database)
@@ -245,10 +248,10 @@ class DashtamRun:
 
         config = self.config
         stack = self.stack
-        if stack is None or self.redis_index is None:
+        if stack is None or (stack.has_redis and self.redis_index is None):
             raise BackendError("the test stack was not opened in this process")
         exported = self.app_environment()
-        database_url, redis_url = exported["DATABASE_URL"], exported["REDIS_URL"]
+        database_url, redis_url = exported["DATABASE_URL"], exported.get("REDIS_URL")
         settings = None
         with self.timings.measure("safety"):
             if config.settings is not None:
@@ -260,6 +263,7 @@ class DashtamRun:
                         dev_redis_index=config.dev_redis_index,
                         redis_databases=stack.redis_databases,
                         allowed_hosts=config.allowed_hosts,
+                        redis=redis_url is not None,
                     )
                 )
                 check_settings_point_at(settings, config.settings, database_url, redis_url)
@@ -331,18 +335,17 @@ class DashtamRun:
                 problems.append("the servers stopped answering: the test database and index are left to the next run")
             if servers_answer and prepared is not None and not self.config.keep and not discard:
                 problems.extend(self._drop(prepared))
+            redis_url, redis_index = (prepared.redis_url, prepared.redis_index) if prepared else (None, None)
             if (
                 servers_answer
                 and prepared is not None
+                and redis_url is not None
+                and redis_index is not None
                 and not self.config.keep
                 and not (stopping and prepared.stack.owns_servers)
             ):
                 try:
-                    run_async(
-                        lambda: provision.flush_redis(
-                            prepared.redis_url, prepared.redis_index, self.owner, release=True
-                        )
-                    )
+                    run_async(lambda: provision.flush_redis(redis_url, redis_index, self.owner, release=True))
                 except Exception as exc:
                     problems.append(f"could not empty the Redis index {prepared.redis_index}: {exc}")
             if self.guard is not None:
@@ -378,11 +381,13 @@ class DashtamRun:
             return "no stack"
         where = (
             f"backend={stack.backend} ({self.backend_reason}): PostgreSQL {stack.postgres_version} at "
-            f"{mask_url(stack.postgres_url)}, Redis {stack.redis_version} at {mask_url(stack.redis_url)}"
+            f"{mask_url(stack.postgres_url)}, {_describe_redis(stack)}"
         )
         if self.role == "controller":
-            return f"{where}; workers lease {self.database}_gwN and their own Redis indexes"
-        return f"{where}; leased: database {self.database}, Redis index {self.redis_index} (owner {self.owner})"
+            indexes = " and their own Redis indexes" if stack.has_redis else ""
+            return f"{where}; workers lease {self.database}_gwN{indexes}"
+        index = f", Redis index {self.redis_index}" if stack.has_redis else ""
+        return f"{where}; leased: database {self.database}{index} (owner {self.owner})"
 
     def report(self) -> dict[str, Any]:
         """What the header/summary prints about the running stack (JSON-able, for xdist's controller)."""
@@ -393,7 +398,7 @@ class DashtamRun:
             "backend": p.stack.backend,
             "backend_reason": p.backend_reason,
             "postgres": f"PostgreSQL {p.stack.postgres_version} at {mask_url(p.stack.postgres_url)}",
-            "redis": f"Redis {p.stack.redis_version} at {mask_url(p.stack.redis_url)}",
+            "redis": _describe_redis(p.stack),
             "database": p.database,
             "redis_index": p.redis_index,
             "template": p.template,
@@ -403,3 +408,9 @@ class DashtamRun:
             "timings": self.timings.phases,
             "notes": list(self.notes),
         }
+
+
+def _describe_redis(stack: Stack) -> str:
+    if not stack.has_redis:
+        return "no Redis (the project uses none: dashtam_redis)"
+    return f"Redis {stack.redis_version} at {mask_url(stack.redis_url)}"

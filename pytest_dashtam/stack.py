@@ -24,6 +24,7 @@ def backend_options(config: PluginConfig) -> BackendOptions:
         env="test",
         project_root=config.root,
         keep=config.keep,
+        redis=config.redis,
         postgres_url=config.postgres_url,
         redis_url=config.redis_url,
         compose_files=config.compose_files,

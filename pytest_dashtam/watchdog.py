@@ -210,8 +210,10 @@ class Watchdog:
 
     @classmethod
     def for_stack(cls, stack: Stack, timeout: float) -> Watchdog:
-        """A watchdog of the stack's two servers."""
-        servers = [Server.from_url("PostgreSQL", stack.postgres_url), Server.from_url("Redis", stack.redis_url)]
+        """A watchdog of the stack's servers (PostgreSQL, and Redis unless the project has none)."""
+        servers = [Server.from_url("PostgreSQL", stack.postgres_url)]
+        if stack.has_redis:
+            servers.append(Server.from_url("Redis", stack.redis_url))
         return cls(servers, timeout)
 
     def start(self) -> None:

@@ -23,11 +23,14 @@ def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def describe(docker: ProjectDocker, assessment: Assessment, env: EnvName, *, started: bool, timeout: float) -> Stack:
-    """The stack of a project whose required services are ready; `started`: this run brought it up."""
+def describe(
+    docker: ProjectDocker, assessment: Assessment, env: EnvName, *, redis: bool, started: bool, timeout: float
+) -> Stack:
+    """The stack of a project whose required services are ready; `started`: this run brought it up; `redis`:
+    the project uses Redis (else the stack has none, whatever else the compose files run)."""
     postgres = assessment.containers[POSTGRES_SERVICE]
     pg_host, pg_port = host_port(docker, POSTGRES_SERVICE, POSTGRES_PORT)
-    redis_host, redis_port = host_port(docker, REDIS_SERVICE, REDIS_PORT)
+    redis_host, redis_port = host_port(docker, REDIS_SERVICE, REDIS_PORT) if redis else ("", 0)
     # The container's own environment is the truth about its superuser, also when attaching to
     # a stack brought up with another env file; the env file is the fallback.
     file_values = docker.env_file_values()
@@ -38,13 +41,13 @@ def describe(docker: ProjectDocker, assessment: Assessment, env: EnvName, *, sta
     postgres_url = URL.create(
         "postgresql", username=user, password=password or None, host=pg_host, port=pg_port, database="postgres"
     ).render_as_string(hide_password=False)
-    redis_url = f"redis://{_netloc(redis_host, redis_port)}"
+    redis_url = f"redis://{_netloc(redis_host, redis_port)}" if redis else ""
     budget = max(timeout, 2.0)
     from pytest_dashtam.backends._compose_probe import ProbeError, postgres_facts, redis_facts
 
     try:
         pg = postgres_facts(postgres_url, budget)
-        rd = redis_facts(redis_url, budget)
+        rd = redis_facts(redis_url, budget) if redis else None
     except ProbeError as exc:
         raise BackendError(
             f"compose project {docker.name} reports healthy but {exc}; check `docker compose -p {docker.name} logs`"
@@ -56,12 +59,12 @@ def describe(docker: ProjectDocker, assessment: Assessment, env: EnvName, *, sta
         postgres_url=postgres_url,
         redis_url=redis_url,
         postgres_version=pg.version,
-        redis_version=rd.version,
+        redis_version=rd.version if rd is not None else "",
         # What took effect, read back: only the durability settings that are actually off.
         tuning={name: value for name, value in pg.settings.items() if value == "off"},
         owns_servers=True,
         started=started,
-        redis_databases=rd.databases,
+        redis_databases=rd.databases if rd is not None else None,
         data_on_tmpfs=any(path.startswith("/var/lib/postgresql") for path in postgres.tmpfs),
         compose=ComposeFacts(
             project=docker.name,

@@ -24,19 +24,23 @@ from pytest_dashtam.errors import BackendError
 _PG_SHUTDOWN_WAIT = 15.0
 
 
-def _compatible(state: StackState, pg_bins: PgBinaries, redis_bin: RedisBinary) -> bool:
+def _compatible(state: StackState, pg_bins: PgBinaries, redis_bin: RedisBinary | None) -> bool:
     """The recorded servers are alive, answer on their ports with the versions recorded, and
-    run the binaries this run would have started."""
+    run the binaries this run would have started (no Redis for a run without, and only then)."""
     if not state.stack or not state.servers_alive():
         return False
-    if state.postgres_identity != pg_bins.identity() or state.redis_bin != str(redis_bin.path):
+    wanted_redis = str(redis_bin.path) if redis_bin is not None else ""
+    if state.postgres_identity != pg_bins.identity() or state.redis_bin != wanted_redis:
         return False
     stack = state.the_stack()
     redis_pid = state.redis.pid if state.redis is not None else None
-    return answers_as(state.postgres_port, state.redis_port, stack.postgres_version, stack.redis_version, redis_pid)
+    redis_port = state.redis_port if redis_bin is not None else None
+    return answers_as(state.postgres_port, redis_port, stack.postgres_version, stack.redis_version, redis_pid)
 
 
-def reap_and_attach(state_dir: Path, env: EnvName, pg_bins: PgBinaries, redis_bin: RedisBinary) -> Stack | None:
+def reap_and_attach(
+    state_dir: Path, env: EnvName, pg_bins: PgBinaries, redis_bin: RedisBinary | None
+) -> Stack | None:
     """Reap this env's stacks whose owner died; return a usable kept (or shared dev) stack, attached.
 
     The caller holds the state folder's lock.

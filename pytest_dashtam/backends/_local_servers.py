@@ -243,10 +243,11 @@ def wait_redis(
 
 
 def answers_as(
-    postgres_port: int, redis_port: int, postgres_version: str, redis_version: str, redis_pid: int | None
+    postgres_port: int, redis_port: int | None, postgres_version: str, redis_version: str, redis_pid: int | None
 ) -> bool:
     """The servers of a recorded stack answer on their ports, with the versions recorded, and the Redis on
-    the port is the recorded process (not another server that took the port since)."""
+    the port is the recorded process (not another server that took the port since). `redis_port` None: a
+    stack without Redis (a project that has none), whose PostgreSQL alone is checked."""
     import asyncpg
     import redis
     from redis.backoff import NoBackoff
@@ -261,6 +262,11 @@ def answers_as(
         finally:
             await conn.close()
 
+    if redis_port is None:
+        try:
+            return run_async(postgres) == postgres_version
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
     client = redis.Redis(
         host="127.0.0.1", port=redis_port, socket_timeout=2.0, retry=Retry(NoBackoff(), 0), decode_responses=True
     )

@@ -165,7 +165,7 @@ class Launch:
     options: BackendOptions
     state_dir: Path
     pg_bins: PgBinaries
-    redis_bin: RedisBinary
+    redis_bin: RedisBinary | None  # None: a project without Redis, none is started
     run_as: RunAs | None
     paths: dict[str, Path]
     state: StackState
@@ -176,7 +176,12 @@ class Launch:
 
     @classmethod
     def plan(
-        cls, options: BackendOptions, state_dir: Path, pg_bins: PgBinaries, redis_bin: RedisBinary, run_as: RunAs | None
+        cls,
+        options: BackendOptions,
+        state_dir: Path,
+        pg_bins: PgBinaries,
+        redis_bin: RedisBinary | None,
+        run_as: RunAs | None,
     ) -> Launch:
         """Choose the run id, the folders and the ports and fill in the record; nothing is written yet."""
         env = options.env
@@ -205,7 +210,7 @@ class Launch:
             redis_port=ports["redis"],
             postgres_bin=str(pg_bins.postgres),
             postgres_identity=pg_bins.identity(),
-            redis_bin=str(redis_bin.path),
+            redis_bin=str(redis_bin.path) if redis_bin is not None else "",
         )
         return cls(options, state_dir, pg_bins, redis_bin, run_as, paths, state, began)
 
@@ -231,10 +236,12 @@ class Launch:
         if run_as is not None:
             os.chown(paths["socket"], run_as.uid, run_as.gid)
         # Redis first: it is ready in a few ms, while the cluster copy is under way.
-        redis_proc = spawn_redis(self.redis_bin, state.redis_port, paths["redis"], paths["redis_log"], dev)
-        self.children["redis"] = redis_proc
-        state.redis = ProcessId.of(redis_proc.pid)
-        write_state(self.state_dir, state)  # before the cluster copy: a kill during it must not orphan Redis
+        redis_proc = None
+        if self.redis_bin is not None:
+            redis_proc = spawn_redis(self.redis_bin, state.redis_port, paths["redis"], paths["redis_log"], dev)
+            self.children["redis"] = redis_proc
+            state.redis = ProcessId.of(redis_proc.pid)
+            write_state(self.state_dir, state)  # before the cluster copy: a kill during it must not orphan Redis
         cluster_source: str = "existing cluster"
         if dev and (paths["data"] / "PG_VERSION").is_file():
             pg_version_bin = None
@@ -251,7 +258,11 @@ class Launch:
         self.children["postgres"] = pg_proc
         state.postgres = ProcessId.of(pg_proc.pid)
         write_state(self.state_dir, state)
-        redis_version, flavour, databases = wait_redis(redis_proc, state.redis_port, deadline, paths["redis_log"])
+        redis_version, flavour, databases = (
+            wait_redis(redis_proc, state.redis_port, deadline, paths["redis_log"])
+            if redis_proc is not None
+            else ("", "", None)
+        )
         shown = wait_postgres(
             pg_proc, str(paths["socket"]), state.postgres_port, deadline, paths["postgres_log"], _SETTINGS
         )
@@ -273,13 +284,13 @@ class Launch:
             postgres_port=state.postgres_port,
             redis_port=state.redis_port,
             postgres_pid=self.children["postgres"].pid,
-            redis_pid=self.children["redis"].pid,
+            redis_pid=self.children["redis"].pid if "redis" in self.children else 0,
             postgres_log=str(paths["postgres_log"]),
             redis_log=str(paths["redis_log"]),
             postgres_bin=str(pg_bins.postgres),
             postgres_source=pg_bins.source,
-            redis_bin=str(redis_bin.path),
-            redis_source=redis_bin.source,
+            redis_bin=str(redis_bin.path) if redis_bin is not None else "",
+            redis_source=redis_bin.source if redis_bin is not None else "",
             redis_server=answers.redis_server,
             run_as=run_as.name if run_as is not None else None,
             postgres_copied_from=copied_from,
@@ -292,7 +303,7 @@ class Launch:
             backend="local",
             env=self.options.env,
             postgres_url=f"postgresql://postgres@127.0.0.1:{state.postgres_port}/postgres",
-            redis_url=f"redis://127.0.0.1:{state.redis_port}",
+            redis_url=f"redis://127.0.0.1:{state.redis_port}" if redis_bin is not None else "",
             postgres_version=shown[0],
             redis_version=answers.redis_version,
             tuning=tuning,

@@ -69,7 +69,9 @@ class StackState:
         return Stack.from_dict(self.stack)
 
     def servers_alive(self) -> bool:
-        return all(ref is not None and ref.alive() for ref in (self.postgres, self.redis))
+        """Every server the stack has is alive (a stack without Redis records no Redis binary)."""
+        servers = (self.postgres, self.redis) if self.redis_bin else (self.postgres,)
+        return all(ref is not None and ref.alive() for ref in servers)
 
     def any_server_alive(self) -> bool:
         return any(ref is not None and ref.alive() for ref in (self.postgres, self.redis))

@@ -104,7 +104,8 @@ class Stack:
     `postgres_url` is an admin (superuser) connection to the server's maintenance database in
     libpq form (`postgresql://user:password@host:port/postgres`, or `...@/postgres?host=/socket/dir&port=N`
     for a Unix socket); callers add the driver (`+asyncpg`) and database name they need.
-    `redis_url` is `redis://host:port` with no index: callers choose the index.
+    `redis_url` is `redis://host:port` with no index: callers choose the index; empty (and `redis_version`
+    too) for a stack without Redis, started for a project that has none (`has_redis`).
     """
 
     backend: BackendName
@@ -128,6 +129,10 @@ class Stack:
     # The facts only one backend has (None for the others), for `status`, re-attaching and diagnostics.
     local: LocalFacts | None = None
     compose: ComposeFacts | None = None
+
+    @property
+    def has_redis(self) -> bool:
+        return bool(self.redis_url)
 
     def __repr__(self) -> str:
         return (
@@ -172,6 +177,8 @@ class BackendOptions:
     # Where state files, logs and (for dev) data live; default <project_root>/.dashtam/<env>.
     state_dir: Path | None = None
     keep: bool = False
+    # False for a project without Redis: no Redis server is started, looked for or asked for.
+    redis: bool = True
     # external
     postgres_url: str | None = None
     redis_url: str | None = None

@@ -186,14 +186,21 @@ class ComposeBackend:
         containers = self._docker.containers()
         if not containers:
             return StackStatus(running=False, detail=f"compose project {self.project_name} is not running")
-        assessment = assess(containers, REQUIRED_SERVICES)
+        assessment = assess(containers, self._required)
         since = min((c.started_at for c in containers if c.started_at), default=None)
         owner = owner_text(containers, this_pid=self._owner_pid)
         detail = f"compose project {self.project_name}: {assessment.describe()}; {owner}"
         if assessment.verdict != "ready":
             return StackStatus(running=False, since=since, detail=detail)
         try:
-            stack = describe(self._docker, assessment, self.env, started=False, timeout=min(5.0, self.options.timeout))
+            stack = describe(
+                self._docker,
+                assessment,
+                self.env,
+                redis=self.options.redis,
+                started=False,
+                timeout=min(5.0, self.options.timeout),
+            )
         except BackendError as exc:
             return StackStatus(running=True, since=since, detail=f"{detail}; {exc}")
         return StackStatus(running=True, stack=stack, since=since, detail=detail)
@@ -201,12 +208,12 @@ class ComposeBackend:
     # ------------------------------------------------------------------ start paths
 
     def _attach(self, containers: list[Container], deadline: float) -> Stack:
-        assessment = assess(containers, REQUIRED_SERVICES)
+        assessment = assess(containers, self._required)
 
         def settled() -> Assessment | None:
             nonlocal assessment
             if assessment.verdict == "starting":
-                assessment = assess(self._docker.containers(), REQUIRED_SERVICES)
+                assessment = assess(self._docker.containers(), self._required)
             return None if assessment.verdict == "starting" else assessment
 
         # Still starting at the deadline: refused below like any stack that is not ready.
@@ -225,7 +232,14 @@ class ComposeBackend:
                 f"`docker compose -p {self.project_name} down -v` (or `dashtam-env down {self.env}`) and retry"
             )
         self._started = False
-        return describe(self._docker, assessment, self.env, started=False, timeout=self._remaining(deadline))
+        return describe(
+            self._docker,
+            assessment,
+            self.env,
+            redis=self.options.redis,
+            started=False,
+            timeout=self._remaining(deadline),
+        )
 
     def _up(self, deadline: float) -> Stack:
         owner = Owner.current(self.run_id, keep=self.options.keep, pid=self._owner_pid)
@@ -240,14 +254,21 @@ class ComposeBackend:
             if not result.ok:
                 raise BackendError(up_failure_message(self._docker, result, self.env, self.options.timeout))
             self._started = True
-            assessment = assess(self._docker.containers(), REQUIRED_SERVICES)
+            assessment = assess(self._docker.containers(), self._required)
             if assessment.verdict != "ready":
                 raise BackendError(
                     f"compose project {self.project_name} came up without its servers "
                     f"({assessment.describe()}); the compose files must define services "
                     f"{POSTGRES_SERVICE!r} and {REDIS_SERVICE!r} with healthchecks"
                 )
-            return describe(self._docker, assessment, self.env, started=True, timeout=self._remaining(deadline))
+            return describe(
+                self._docker,
+                assessment,
+                self.env,
+                redis=self.options.redis,
+                started=True,
+                timeout=self._remaining(deadline),
+            )
         except BaseException:
             # Whatever failed (including Ctrl-C), what this call created goes away.
             self._started = False
@@ -255,6 +276,11 @@ class ComposeBackend:
             raise
 
     # ------------------------------------------------------------------ checks, reaping, helpers
+
+    @property
+    def _required(self) -> tuple[str, ...]:
+        """The services the stack needs up: PostgreSQL, and Redis unless the project has none."""
+        return REQUIRED_SERVICES if self.options.redis else (POSTGRES_SERVICE,)
 
     def _check_files(self) -> None:
         for path in self.compose_files:

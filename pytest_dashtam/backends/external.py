@@ -175,21 +175,22 @@ class ExternalBackend:
 
     def available(self) -> bool:
         """Both server URLs are given: there is something to attach to (whether it answers is start's to say)."""
-        return bool(self.options.postgres_url and self.options.redis_url)
+        return bool(self.options.postgres_url and (self.options.redis_url or not self.options.redis))
 
     def _urls(self) -> tuple[str, str]:
+        """The admin URLs in the form the stack records; the Redis one empty for a project without Redis."""
         postgres_url, redis_url = self.options.postgres_url, self.options.redis_url
-        if not postgres_url or not redis_url:
+        if not postgres_url or (self.options.redis and not redis_url):
             missing = [
                 flag
                 for flag, value in (("--dashtam-postgres-url", postgres_url), ("--dashtam-redis-url", redis_url))
-                if not value
+                if not value and (flag != "--dashtam-redis-url" or self.options.redis)
             ]
             raise BackendError(
                 f"the external backend needs {' and '.join(missing)} (or DASHTAM_POSTGRES_URL / DASHTAM_REDIS_URL); "
                 "give the servers' admin URLs, or choose another --dashtam-backend"
             )
-        return libpq_url(postgres_url), normalise_redis_url(redis_url)
+        return libpq_url(postgres_url), normalise_redis_url(redis_url) if self.options.redis and redis_url else ""
 
     def _probe(self, timeout: float) -> Stack:
         postgres_url, redis_url = self._urls()
@@ -197,7 +198,7 @@ class ExternalBackend:
         from pytest_dashtam.isolation import run_async
 
         pg = run_async(lambda: _wait_postgres(postgres_url, deadline))
-        rd = _wait_redis(redis_url, deadline)
+        rd: dict[str, Any] = _wait_redis(redis_url, deadline) if redis_url else {"version": "", "databases": None}
         return Stack(
             backend="external",
             env=self.options.env,
@@ -213,7 +214,7 @@ class ExternalBackend:
         )
 
     def start(self) -> Stack:
-        """Wait (bounded) until both servers answer and describe them; nothing is started or changed."""
+        """Wait (bounded) until the servers answer and describe them; nothing is started or changed."""
         return self._probe(self.timeout)
 
     def stop(self) -> None:

@@ -70,7 +70,8 @@ class LocalBackend:
         """PostgreSQL and Redis/Valkey binaries are found (no server is run to find out)."""
         try:
             find_postgres(self.options.postgres_bin)
-            find_redis(self.options.redis_bin)
+            if self.options.redis:
+                find_redis(self.options.redis_bin)
         except BinaryNotFoundError:
             return False
         return True
@@ -95,7 +96,7 @@ class LocalBackend:
             return self._stack
         deadline = time.monotonic() + self.options.timeout
         pg_bins = find_postgres(self.options.postgres_bin)
-        redis_bin = find_redis(self.options.redis_bin)
+        redis_bin = find_redis(self.options.redis_bin) if self.options.redis else None  # a project without Redis
         run_as = pick_run_as()
         if run_as is not None:
             pg_bins, self._copied_from = reachable_binaries(pg_bins, run_as)
@@ -127,7 +128,8 @@ class LocalBackend:
             ) from exc
         raise AssertionError("unreachable")
 
-    def _start_new(self, pg_bins: PgBinaries, redis_bin: RedisBinary, run_as: RunAs | None, deadline: float) -> Stack:
+    def _start_new(
+        self, pg_bins: PgBinaries, redis_bin: RedisBinary | None, run_as: RunAs | None, deadline: float) -> Stack:
         launch = Launch.plan(self.options, self.state_dir, pg_bins, redis_bin, run_as)
         self._launch = launch
         self._install_handlers()

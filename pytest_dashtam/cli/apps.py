@@ -84,7 +84,8 @@ def _app_environment(stack: Stack, env: Env) -> dict[str, str]:
     environ = dict(os.environ)
     environ.update(env.values)
     environ["DATABASE_URL"] = app_database_url(stack, env)
-    environ["REDIS_URL"] = app_redis_url(stack, env)
+    if stack.has_redis:
+        environ["REDIS_URL"] = app_redis_url(stack, env)
     return environ
 
 

@@ -24,7 +24,7 @@ def _print_stack(stack: Stack, env: Env, *, headline: bool = True, reason: str =
         how = "started" if stack.started else "attached to"
         say(f"{env.name}: {how} {stack.backend} stack" + (f" ({reason})" if reason else ""))
     say(f"  postgres {stack.postgres_version}: {mask_url(app_database_url(stack, env))}")
-    say(f"  redis {stack.redis_version}: {app_redis_url(stack, env)}")
+    say(f"  redis {stack.redis_version}: {app_redis_url(stack, env)}" if stack.has_redis else "  redis: none")
     if stack.tuning:
         say("  tuning: " + ", ".join(f"{k}={v}" for k, v in sorted(stack.tuning.items())))
 
@@ -100,7 +100,7 @@ async def _reset_test(stack: Stack, env: Env, config: PluginConfig) -> str:
     _gate(config)
     test_db = config.test_database
     owner = f"cli{os.getpid()}"
-    leases = Leases(stack.postgres_url, stack.redis_url, owner)
+    leases = Leases(stack.postgres_url, stack.redis_url or None, owner)
     leases.open()
     try:
         database = leases.claim_database(test_db, adopt_unstamped=stack.owns_servers, dev_database=config.dev_database)
@@ -109,7 +109,11 @@ async def _reset_test(stack: Stack, env: Env, config: PluginConfig) -> str:
                 f"the test database {test_db} is held by a running test run or is not the plugin's; "
                 "stop that run (or drop the database yourself if it is disposable) and reset again"
             )
-        index = leases.claim_redis_index(config.redis_index, databases=stack.redis_databases, skip=())
+        index = (
+            leases.claim_redis_index(config.redis_index, databases=stack.redis_databases, skip=())
+            if stack.has_redis
+            else config.redis_index
+        )
         if index != config.redis_index:
             raise SafetyError(
                 f"the test Redis index {config.redis_index} is held by a running test run or holds someone "
@@ -130,11 +134,12 @@ async def _reset_test(stack: Stack, env: Env, config: PluginConfig) -> str:
             per_database_tuning=not stack.owns_servers,
             dev_database=config.dev_database,
         )
-        client = Redis.from_url(f"{stack.redis_url.rstrip('/')}/{index}", client_name=f"pytest-dashtam-{owner}")
-        try:
-            await flush_owned_index(client, index, owner, release=True)
-        finally:
-            await client.aclose()
+        if stack.has_redis:
+            client = Redis.from_url(f"{stack.redis_url.rstrip('/')}/{index}", client_name=f"pytest-dashtam-{owner}")
+            try:
+                await flush_owned_index(client, index, owner, release=True)
+            finally:
+                await client.aclose()
     finally:
         leases.close()
     return test_db
@@ -147,7 +152,8 @@ def cmd_reset(env: Env) -> int:
     stack = backend.start()
     remember_backend(env, backend.name)
     test_db = run_async(lambda: _reset_test(stack, env, config))
-    say(f"test: database {test_db} rebuilt from the migrations, Redis index {app_redis_url(stack, env)} emptied")
+    emptied = f", Redis index {app_redis_url(stack, env)} emptied" if stack.has_redis else ""
+    say(f"test: database {test_db} rebuilt from the migrations{emptied}")
     return 0
 
 

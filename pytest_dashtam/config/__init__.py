@@ -8,11 +8,12 @@ the raw values in as plain mappings, so the precedence rules can be tested witho
 
 from __future__ import annotations
 
-from pytest_dashtam.config.build import PluginConfig, build_config
+from pytest_dashtam.config.build import NO_REDIS, PluginConfig, build_config
 from pytest_dashtam.config.env_files import env_value
 from pytest_dashtam.config.options import OPTIONS, OPTIONS_BY_NAME, BackendChoice, Option, resolve
 
 __all__ = [
+    "NO_REDIS",
     "OPTIONS",
     "OPTIONS_BY_NAME",
     "BackendChoice",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -41,6 +41,9 @@ class PluginConfig:
     alembic_ini: Path | None
     session_dependency: str | None
     redis_dependency: str | None
+    # Whether the project uses Redis (the `redis` option, `auto` resolved): without, no Redis is started,
+    # leased, exported or guarded for, and the Redis fixtures fail with the reason.
+    redis: bool
     compose_files: tuple[str, ...]
     compose_project: str | None
     postgres_url: str | None
@@ -100,6 +103,7 @@ _REPR_FIELDS = (
     "dev_redis_index",
     "postgres_url",
     "redis_url",
+    "redis",
     "compose_project",
     "keep",
     "keep_failed",
@@ -176,7 +180,14 @@ def build_config(
         )
     postgres_url = _optional_str(values["postgres_url"])
     redis_url = _optional_str(values["redis_url"])
-    if backend in ("auto", "external") and (postgres_url is None) != (redis_url is None):
+    env_values = read_env_file(env_file)
+    # A Redis URL names the external backend's server: with the local or compose backend it is not used.
+    redis = _uses_redis(values, src, env_values, redis_url if backend in ("auto", "external") else None)
+    if str(values["redis"]).strip().lower() == "auto":
+        why = "something names a Redis" if redis else "nothing names a Redis"
+        sources = {**sources, "redis": f"{src('redis')}: auto, {why}"}
+    # Without Redis an external PostgreSQL alone is a whole stack.
+    if redis and backend in ("auto", "external") and (postgres_url is None) != (redis_url is None):
         missing = (
             "--dashtam-redis-url (DASHTAM_REDIS_URL)"
             if redis_url is None
@@ -186,13 +197,17 @@ def build_config(
             f"an external server needs both URLs but {missing} is not set; give both, or neither to let the "
             "plugin run its own servers"
         )
+    if backend == "external" and postgres_url is None and not redis:
+        raise ConfigError(
+            "dashtam_backend=external needs --dashtam-postgres-url (or DASHTAM_POSTGRES_URL); give it, "
+            "or choose another backend"
+        )
     if backend == "external" and postgres_url is None:
         raise ConfigError(
             "dashtam_backend=external needs --dashtam-postgres-url and --dashtam-redis-url "
             "(or DASHTAM_POSTGRES_URL / DASHTAM_REDIS_URL); give both, or choose another backend"
         )
 
-    env_values = read_env_file(env_file)
     test_database = url_database(env_value(env_values, "DATABASE_URL"))
     if not test_database:
         raise ConfigError(
@@ -229,6 +244,7 @@ def build_config(
         alembic_ini=alembic_ini,
         session_dependency=_optional_str(values["session_dependency"]),
         redis_dependency=_optional_str(values["redis_dependency"]),
+        redis=redis,
         compose_files=tuple(cast("tuple[str, ...]", values["compose_files"])),
         compose_project=_optional_str(values["compose_project"]),
         postgres_url=postgres_url,
@@ -250,6 +266,40 @@ def build_config(
         env_values=env_values,
         sources=sources,
     )
+
+
+# Why a run of a project without Redis has none: the Redis fixtures fail with it, the guard refuses with it.
+NO_REDIS = (
+    "this run has no Redis server: the project names none (no REDIS_URL in the test env file, no "
+    "dashtam_redis_url or dashtam_redis_dependency, or dashtam_redis = false); set REDIS_URL in the test env "
+    "file or dashtam_redis = true to have one"
+)
+
+
+def _uses_redis(
+    values: Mapping[str, object], src: Callable[[str], str], env_values: Mapping[str, str], redis_url: str | None
+) -> bool:
+    """The `redis` option: true or false as given; auto is true when anything names a Redis (the test env
+    file's REDIS_URL, a Redis URL for the external backend, the app's Redis dependency). A project that
+    names none has no use for a Redis server, and its code finds none to reach."""
+    raw = str(values["redis"]).strip().lower()
+    if raw == "auto":
+        return (
+            env_value(env_values, "REDIS_URL") is not None
+            or redis_url is not None
+            or _optional_str(values["redis_dependency"]) is not None
+        )
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off"):
+        if redis_url is not None or _optional_str(values["redis_dependency"]) is not None:
+            given = "dashtam_redis_url" if redis_url is not None else "dashtam_redis_dependency"
+            raise ConfigError(
+                f"dashtam_redis=false (from {src('redis')}) but {given} (from {src(given.removeprefix('dashtam_'))}) "
+                "names a Redis; drop one of them"
+            )
+        return False
+    raise ConfigError(f"dashtam_redis={values['redis']!r} (from {src('redis')}) is not auto, true or false")
 
 
 def _optional_str(value: object) -> str | None:

@@ -85,6 +85,13 @@ OPTIONS: tuple[Option, ...] = (
         "the app's FastAPI Redis dependency that `client` overrides with redis_client, module:attr (optional)",
     ),
     Option(
+        "redis",
+        "whether the project uses Redis: auto (when the test env file sets REDIS_URL, or a Redis URL or "
+        "dependency is given), true, or false: no Redis server is started or leased, and the Redis fixtures "
+        "say why they are not available",
+        default="auto",
+    ),
+    Option(
         "compose_files",
         "compose file(s) for the compose backend (default docker/docker-compose.test.yml)",
         kind="list",

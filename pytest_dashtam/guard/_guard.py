@@ -44,10 +44,14 @@ def active_guard() -> ConnectionGuard | None:
 class ConnectionGuard:
     """This run's stack, the databases and indexes it may use, and the class-level hooks that enforce them."""
 
-    def __init__(self, *, postgres: Target | None, redis: Target | None, hint: str = "") -> None:
+    def __init__(
+        self, *, postgres: Target | None, redis: Target | None, hint: str = "", no_redis: str | None = None
+    ) -> None:
         self.postgres = postgres
         self.redis = redis
         self.hint = hint
+        # Why no Redis server is part of the run when `redis` is None (default: the stack is not running).
+        self.no_redis = no_redis or "the test stack is not running, so no Redis server is part of this run"
         self._databases: set[str] = set()
         self._indexes: set[int] = set()
         self._prefixes: tuple[str, ...] = (INTERNAL_PREFIX,)
@@ -147,7 +151,7 @@ class ConnectionGuard:
         what = f"Redis index {index} at {shown}"
         stack = self._rd
         if stack is None:
-            raise self._refuse(what, "the test stack is not running, so no Redis server is part of this run")
+            raise self._refuse(what, self.no_redis)
         if key != stack[0] or number != stack[1]:
             raise self._refuse(what, f"not part of this run's stack (this run uses {self._uses_redis()})")
         if index in self._indexes or self._internal(client_name):

@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import pytest
 import redis
+from selftest import compose_images
 
 from pytest_dashtam.backends.base import BackendOptions, Stack
 from pytest_dashtam.backends.compose import ComposeBackend, docker_available
@@ -49,14 +50,6 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120)
 
 
-def _image(variable: str, stand_in: str) -> str | None:
-    if os.environ.get(variable):
-        return os.environ[variable]
-    if docker("image", "inspect", stand_in, check=False).returncode == 0:
-        return stand_in
-    return None
-
-
 @pytest.fixture(scope="module")
 def compose_env() -> Iterator[dict[str, str]]:
     """Images that this engine has, and Docker-chosen host ports for every published service."""
@@ -66,13 +59,7 @@ def compose_env() -> Iterator[dict[str, str]]:
         "DASHTAM_DEV_POSTGRES_PORT": "0",
         "DASHTAM_DEV_REDIS_PORT": "0",
     }
-    for variable, stand_in in (
-        ("DASHTAM_POSTGRES_IMAGE", "dashtam-ci/postgres:15"),
-        ("DASHTAM_REDIS_IMAGE", "dashtam-ci/redis:7"),
-    ):
-        image = _image(variable, stand_in)
-        if image:
-            values[variable] = image
+    values.update(compose_images())
     with pytest.MonkeyPatch.context() as patch:
         for key, value in values.items():
             patch.setenv(key, value)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 from inner_project import INNER_ADDOPTS, run_apart
+from selftest import compose_images
 
 from pytest_dashtam.backends.compose import docker_available
 
@@ -126,15 +127,6 @@ def compose_project() -> Iterator[str]:
     docker("compose", "--project-name", name, "down", "--volumes", "--remove-orphans", "--timeout", "1")
 
 
-def _image(variable: str, stand_in: str) -> dict[str, str]:
-    """The image variable of the outer run, else the offline machines' stand-in when the engine has it."""
-    if os.environ.get(variable):
-        return {variable: os.environ[variable]}
-    if docker("image", "inspect", stand_in).returncode == 0:
-        return {variable: stand_in}
-    return {}
-
-
 @pytest.mark.docker
 @pytest.mark.skipif(
     not docker_available(),
@@ -143,10 +135,7 @@ def _image(variable: str, stand_in: str) -> dict[str, str]:
 )
 def test_compose_backend(tmp_path: Path, compose_project: str) -> None:
     root = copy_example(tmp_path)
-    images = {
-        **_image("DASHTAM_POSTGRES_IMAGE", "dashtam-ci/postgres:15"),
-        **_image("DASHTAM_REDIS_IMAGE", "dashtam-ci/redis:7"),
-    }
+    images = compose_images()
     env = environ(tmp_path, DASHTAM_BACKEND="compose", DASHTAM_COMPOSE_PROJECT=compose_project, **images)
     result = run_example(root, env)
     assert_passed(result, "compose")

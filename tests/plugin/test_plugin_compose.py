@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from foreign import Foreign, foreign_data
+from selftest import compose_images
 from todo_project import Todo
 
 from pytest_dashtam.backends.compose import docker_available
@@ -49,12 +50,6 @@ def compose_project() -> Iterator[str]:
     )
 
 
-def _stand_in(image: str) -> str:
-    """The offline machines' stand-in image when this engine has it (no registry is reachable there)."""
-    found = subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60)
-    return image if found.returncode == 0 else ""
-
-
 def test_postgres_db_in_the_compose_file(tmp_path: Path, shared: Foreign, compose_project: str) -> None:
     index = shared.free_index(1)
     todo = Todo.make(tmp_path / "c", ADMIN_URL, REDIS_URL, index)
@@ -63,14 +58,7 @@ def test_postgres_db_in_the_compose_file(tmp_path: Path, shared: Foreign, compos
     shared.plant_database(todo.database)  # the same name on the shared server the env file names
     shared.plant_redis(index)
     before = shared.checksum()
-    images = {
-        variable: os.environ.get(variable) or _stand_in(stand_in)
-        for variable, stand_in in (
-            ("DASHTAM_POSTGRES_IMAGE", "dashtam-ci/postgres:15"),
-            ("DASHTAM_REDIS_IMAGE", "dashtam-ci/redis:7"),
-        )
-    }
-    images = {k: v for k, v in images.items() if v}
+    images = compose_images()
     result = todo.run("tests/test_todo.py", "tests/test_escape.py", backend="compose", **images)
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines([f"dashtam: database {todo.database} from template {todo.database}_tpl_*"])

@@ -108,6 +108,7 @@ EVERY_OPTION: dict[str, tuple[str, str]] = {
     "alembic_ini": ("", "None"),
     "session_dependency": ("exampleapp:get_session", "exampleapp:get_session"),
     "redis_dependency": ("exampleapp:get_redis", "exampleapp:get_redis"),
+    "redis": ("true", "True"),
     "compose_files": ("other.yml", "other.yml"),
     "keep": ("true", "True"),
     "keep_failed": ("true", "True"),

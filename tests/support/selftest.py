@@ -106,3 +106,21 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# The stand-in images of the offline machines (../shared/docker-offline builds them; no registry is reachable).
+STAND_IN_IMAGES = (("DASHTAM_POSTGRES_IMAGE", "dashtam-ci/postgres:15"), ("DASHTAM_REDIS_IMAGE", "dashtam-ci/redis:7"))
+
+
+def compose_images() -> dict[str, str]:
+    """The image variables an inner compose run gets: the outer run's, else a stand-in this engine has, else
+    none (the compose file's own image, pulled)."""
+    images: dict[str, str] = {}
+    for variable, stand_in in STAND_IN_IMAGES:
+        if os.environ.get(variable):
+            images[variable] = os.environ[variable]
+            continue
+        found = subprocess.run(["docker", "image", "inspect", stand_in], capture_output=True, timeout=60, check=False)
+        if found.returncode == 0:
+            images[variable] = stand_in
+    return images

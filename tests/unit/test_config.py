@@ -19,6 +19,7 @@ SAMPLES: dict[str, tuple[object, str, object]] = {
     "alembic_ini": ("cli.ini", "env.ini", "ini.ini"),
     "session_dependency": ("cli:dep", "env:dep", "ini:dep"),
     "redis_dependency": ("cli:dep", "env:dep", "ini:dep"),
+    "redis": ("true", "false", "auto"),
     "compose_files": (["a.yml"], "b.yml", ["c.yml"]),
     "compose_project": ("cli-test", "env-test", "ini-test"),
     "postgres_url": ("postgresql://cli", "postgresql://env", "postgresql://ini"),
