@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 from selftest import Servers, named_servers, private_servers
+from tally import install
 
 from pytest_dashtam.guard import active_guard
 
 APP_TESTS = Path(__file__).parent / "app"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The reliability suite's counts (tests/support/tally.py), printed at the end of any run that gathered
+    some: under xdist by the controller alone, which every worker's reports reach."""
+    install(config)
 
 
 @pytest.fixture(scope="session")

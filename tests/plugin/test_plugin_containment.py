@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from foreign import Foreign, databases_like, foreign_data
+import tally
+from foreign import Foreign, changed_bytes, databases_like, foreign_data
 from todo_project import Todo, finish
 
 ADMIN_URL = os.environ.get("DASHTAM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -99,11 +100,18 @@ def test_foreign_database_and_index_with_the_test_names_on_the_run_s_own_server(
 
 @pytest.mark.parametrize(("first", "second", "offset"), [("0", "0", 0.0), ("2", "2", 1.6), ("0", "2", 0.8)])
 def test_two_runs_at_once_on_one_server(
-    todo: Todo, shared: Foreign, tmp_path: Path, first: str, second: str, offset: float
+    todo: Todo,
+    shared: Foreign,
+    tmp_path: Path,
+    first: str,
+    second: str,
+    offset: float,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """Case 3: two checkouts of one project, started together or one mid-run, on one external server."""
     other = todo.copy(tmp_path / "b")
     before = shared.checksum()
+    tally.record(record_property, concurrent_runs=2 * TRIALS)
     for trial in range(TRIALS):
         a = todo.start("tests/test_alone.py", "-n", first, TODO_RUN_MARK=f"a{trial}")
         # From "together" to "the second starts mid-run" (1.6 s in): the combination's own moment in a single
@@ -112,7 +120,9 @@ def test_two_runs_at_once_on_one_server(
         b = other.start("tests/test_alone.py", "-n", second, TODO_RUN_MARK=f"b{trial}")
         for result in (finish(a), finish(b)):
             result.assert_outcomes(passed=4)
-    assert shared.checksum() == before
+    after = shared.checksum()
+    tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
+    assert after == before
     _no_leftovers(todo)
 
 

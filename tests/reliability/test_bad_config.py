@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
+import tally
 from dev_data import DevData, dev_data
-from foreign import databases_like
+from foreign import changed_bytes, databases_like
 from passwords import SECRET, with_password
 from selftest import Servers, suspended_guard
 from todo_project import Todo
@@ -277,10 +278,19 @@ def one_line(result: pytest.RunResult, expect: str, *, exit_code: int, prefix: s
     return errors[0]
 
 
+def _record_output(record_property: Callable[[str, object], None], result: pytest.RunResult) -> None:
+    """one_line() searches this output for the password: the tally counts it, and what it would find."""
+    out = "\n".join(result.outlines + result.errlines)
+    tally.record(record_property, passwords_found=out.count(SECRET), outputs_checked=1)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_pytest_refuses_bad_configuration(case: Case, todo: Todo, planted: DevData) -> None:
+def test_pytest_refuses_bad_configuration(
+    case: Case, todo: Todo, planted: DevData, record_property: Callable[[str, object], None]
+) -> None:
     if case.root_skips and os.geteuid() == 0:
         pytest.skip("runs as root, which reads a file of mode 000: the unreadable case needs another user")
+    tally.record(record_property, bad_configs=1)
     before = planted.checksum()
     _write_env(todo, case.env_file)
     if case.ini:
@@ -291,10 +301,13 @@ def test_pytest_refuses_bad_configuration(case: Case, todo: Todo, planted: DevDa
     args = [_fill(a, todo) for a in case.args]
     started = time.time()
     result = todo.run("tests/test_todo.py", *args, backend=case.backend, **env)
+    _record_output(record_property, result)
     one_line(result, case.expect, exit_code=pytest.ExitCode.USAGE_ERROR, prefix="ERROR: pytest-dashtam: ")
     assert databases_like(planted.postgres_url, todo.database) == set()
     assert orphaned_servers(since=started) == []
-    assert planted.checksum() == before
+    after = planted.checksum()
+    tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
+    assert after == before
 
 
 CLI_CASES: list[Case] = [
@@ -319,7 +332,10 @@ CLI_CASES: list[Case] = [
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
-def test_dashtam_env_refuses_bad_configuration(case: Case, todo: Todo, planted: DevData) -> None:
+def test_dashtam_env_refuses_bad_configuration(
+    case: Case, todo: Todo, planted: DevData, record_property: Callable[[str, object], None]
+) -> None:
+    tally.record(record_property, bad_configs=1)
     before = planted.checksum()
     _write_env(todo, case.env_file)
     env = todo.environ(case.backend, **{k: _fill(v, todo) for k, v in case.env.items()})
@@ -336,9 +352,12 @@ def test_dashtam_env_refuses_bad_configuration(case: Case, todo: Todo, planted: 
     )
     result = pytest.RunResult(proc.returncode, proc.stdout.splitlines(), proc.stderr.splitlines(), 0.0)
     print(proc.stdout, proc.stderr, sep="\n--- stderr ---\n")
+    _record_output(record_property, result)
     one_line(result, case.expect, exit_code=2, prefix="dashtam-env: error: ")
     assert databases_like(planted.postgres_url, todo.database) == set()
-    assert planted.checksum() == before
+    after = planted.checksum()
+    tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
+    assert after == before
 
 
 def test_the_suite_has_the_cases_the_issue_asks_for() -> None:

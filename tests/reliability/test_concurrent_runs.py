@@ -18,12 +18,14 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+import tally
 from dev_data import DevData, dev_data
+from foreign import changed_bytes
 from selftest import Servers, suspended_guard
 from todo_project import Todo, finish
 
@@ -76,7 +78,13 @@ def _start(todo: Todo, backend: str, mark: str, extra: dict[str, str]) -> subpro
 )
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_two_runs_at_once_pass_apart_and_leave_nothing(
-    backend: str, layout: str, trial: int, tmp_path: Path, servers: Servers, planted: DevData
+    backend: str,
+    layout: str,
+    trial: int,
+    tmp_path: Path,
+    servers: Servers,
+    planted: DevData,
+    record_property: Callable[[str, object], None],
 ) -> None:
     extra: dict[str, str] = {}
     project = ""
@@ -95,6 +103,7 @@ def test_two_runs_at_once_pass_apart_and_leave_nothing(
         first.ini(dashtam_compose_files="docker-compose.test.yml")
     second = first.copy(tmp_path / "b") if layout == "two checkouts" else first
     before = planted.checksum()
+    tally.record(record_property, concurrent_runs=2)
     try:
         a = _start(first, backend, f"a{trial}", extra)
         # The second run starts while the first is bringing its stack up or already testing.
@@ -114,4 +123,6 @@ def test_two_runs_at_once_pass_apart_and_leave_nothing(
                 timeout=120,
                 check=False,
             )
-    assert planted.checksum() == before
+    after = planted.checksum()
+    tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
+    assert after == before

@@ -13,12 +13,14 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+import tally
 from dev_data import DevData, dev_data
+from foreign import changed_bytes
 from selftest import Servers, suspended_guard
 from todo_project import Todo, finish
 
@@ -89,7 +91,13 @@ def _wait_for(started: Path, run: subprocess.Popen[str]) -> None:
     [("postgres", "SIGSTOP"), ("redis-server", "SIGSTOP"), ("redis-server", "SIGKILL"), ("postgres", "SIGKILL")],
 )
 def test_a_server_stopped_or_killed_mid_run_ends_the_run_with_one_line(
-    tmp_path: Path, servers: Servers, planted: DevData, server: str, sig: str, trial: int
+    tmp_path: Path,
+    servers: Servers,
+    planted: DevData,
+    server: str,
+    sig: str,
+    trial: int,
+    record_property: Callable[[str, object], None],
 ) -> None:
     del trial
     before = planted.checksum()
@@ -100,6 +108,7 @@ def test_a_server_stopped_or_killed_mid_run_ends_the_run_with_one_line(
     stack = _stack_processes(run.pid)
     victims[0].send_signal(getattr(signal, sig))
     stopped_at = time.monotonic()
+    tally.record(record_property, faults=1)
     try:
         result = finish(run, timeout=HANG)
     finally:
@@ -107,6 +116,8 @@ def test_a_server_stopped_or_killed_mid_run_ends_the_run_with_one_line(
             if process.is_running() and sig == "SIGSTOP":
                 process.send_signal(signal.SIGCONT)
     took = time.monotonic() - stopped_at
+    if sig == "SIGSTOP":
+        tally.record(record_property, hang_to_end_s=took)
     kind = "PostgreSQL" if server == "postgres" else "Redis"
     # Stopped by the watchdog during the test, or right after the test failed on the dead server.
     result.stdout.fnmatch_lines([f"dashtam: {kind} at 127.0.0.1:* the run was stopped * tests/test_talks.py::*"])
@@ -125,7 +136,9 @@ def test_a_server_stopped_or_killed_mid_run_ends_the_run_with_one_line(
     assert not [p for p in stack if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     again = todo.run("tests/test_todo.py", backend="local")
     again.assert_outcomes(passed=5)
-    assert planted.checksum() == before
+    after = planted.checksum()
+    tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
+    assert after == before
 
 
 class _Silent:
@@ -170,7 +183,7 @@ def test_the_watchdog_fires_once_with_the_server_and_the_test() -> None:
 
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_a_killed_run_leaves_no_server_and_no_files(
-    tmp_path: Path, servers: Servers, planted: DevData, trial: int
+    tmp_path: Path, servers: Servers, planted: DevData, trial: int, record_property: Callable[[str, object], None]
 ) -> None:
     """SIGKILL of the run's whole process group: no teardown runs, the janitor takes the stack down."""
     del trial
@@ -181,6 +194,7 @@ def test_a_killed_run_leaves_no_server_and_no_files(
     postmaster = next(p for p in stack if p.name() == "postgres")
     data_dir = Path(postmaster.cmdline()[postmaster.cmdline().index("-D") + 1])
     os.killpg(run.pid, signal.SIGKILL)
+    tally.record(record_property, faults=1)
     run.communicate(timeout=30)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (data_dir.exists() or any(p.is_running() for p in stack)):
@@ -189,4 +203,6 @@ def test_a_killed_run_leaves_no_server_and_no_files(
     assert not data_dir.exists()
     again = todo.run("tests/test_todo.py", backend="local")
     again.assert_outcomes(passed=5)
-    assert planted.checksum() == before
+    after = planted.checksum()
+    tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
+    assert after == before

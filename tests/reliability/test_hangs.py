@@ -16,16 +16,17 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 import pytest
+import tally
 from dev_data import DevData, dev_data
 from fake_servers import FakeServer, FreezableProxy
-from foreign import databases_like
+from foreign import changed_bytes, databases_like
 from selftest import Servers, suspended_guard
 from todo_project import Todo, finish
 
@@ -99,7 +100,7 @@ def _one_line(out: str, server: Kind) -> str:
 
 @pytest.mark.parametrize("hang", CASES, ids=[c.id for c in CASES])
 def test_a_server_that_hangs_fails_the_run_in_time_with_one_line(
-    tmp_path: Path, servers: Servers, planted: DevData, hang: Hang
+    tmp_path: Path, servers: Servers, planted: DevData, hang: Hang, record_property: Callable[[str, object], None]
 ) -> None:
     before = planted.checksum()
     todo = Todo.make(tmp_path / "todo", servers.postgres_url, servers.redis_url, 1)
@@ -134,8 +135,10 @@ def test_a_server_that_hangs_fails_the_run_in_time_with_one_line(
             assert isinstance(fake, FreezableProxy)
             fake.freeze()
             began = time.monotonic()
+        tally.record(record_property, faults=1)  # in place: a silent fake, one silent after the probe, or frozen
         result = finish(run, timeout=TIMEOUT + MARGIN + 60)
         took = time.monotonic() - began
+    tally.record(record_property, hang_to_end_s=took)
     out = result.stdout.str() + result.stderr.str()
     print(f"{hang.id}: the run ended {took:.1f} s after the fault")
     assert result.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED), out
@@ -157,7 +160,9 @@ def test_a_server_that_hangs_fails_the_run_in_time_with_one_line(
         todo.run("tests/test_todo.py", "-n", hang.workers).assert_outcomes(passed=5)
         left = databases_like(servers.postgres_url, todo.database)
         assert {name for name in left if "_tpl_" not in name} == set(), left
-    assert planted.checksum() == before
+    after = planted.checksum()
+    tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
+    assert after == before
 
 
 def test_the_workers_of_a_controller_whose_stack_did_not_open_take_its_error(tmp_path: Path) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import tally
 from dev_data import dev_data
 from fault_trials import Outcome, TrialClass, Trials, cleanup, problems, table
+from foreign import changed_bytes
 from selftest import Servers, suspended_guard
 
 TRIALS = int(os.environ.get("DASHTAM_FAULT_TRIALS", "1"))
@@ -45,9 +47,18 @@ def trials(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.mark.parametrize("trial", range(TRIALS))
 @pytest.mark.parametrize("trial_class", CLASSES, ids=[c.name.replace(" ", "-") for c in CLASSES])
-def test_a_killed_run_is_survived(trials: Trials, trial_class: TrialClass, trial: int) -> None:
+def test_a_killed_run_is_survived(
+    trials: Trials, trial_class: TrialClass, trial: int, record_property: Callable[[str, object], None]
+) -> None:
+    """The engine judges the dev data by a bool; the checksums taken here, around the whole trial (its
+    calibration runs too), are what the tally counts the changed bytes of."""
     seed = _SEED * 1000 + trial * len(CLASSES) + CLASSES.index(trial_class)
+    tally.record(record_property, faults=1)
+    before = trials.data.checksum()
     outcome = trials.run_one(trial_class, seed)
+    after = trials.data.checksum()
+    tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
     _OUTCOMES.append(outcome)
     print(table([outcome]).splitlines()[2])
     assert outcome.clean, "\n".join(problems([outcome]))
+    assert after == before

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,19 +106,65 @@ class Foreign:
                 client.delete(*keys)
 
 
-def database_digest(postgres_url: str, name: str) -> str:
-    """A digest of every table's rows in database `name` (schema, table and ordered row text)."""
+@dataclass(frozen=True)
+class Digest:
+    """A database's dump as a digest, with the dump's size: the digest tells whether the data changed, the
+    size how many bytes a change may concern (`changed_bytes`), which a digest alone cannot."""
+
+    hex: str
+    size: int  # every byte the digest was fed
+
+
+def database_digest(postgres_url: str, name: str) -> Digest:
+    """A digest of every table's rows in database `name` (schema, table and ordered row text), with the size
+    of that text."""
     digest = hashlib.sha256()
+    size = 0
     with psycopg.connect(postgres_url, dbname=name, autocommit=True) as conn:
         tables = conn.execute(
             "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
             "ORDER BY 1, 2"
         ).fetchall()
         for schema, table in tables:
-            digest.update(f"{schema}.{table}\n".encode())
+            chunks = [f"{schema}.{table}\n".encode()]
             for row in conn.execute(f'SELECT t::text FROM "{schema}"."{table}" t ORDER BY 1').fetchall():
-                digest.update(f"{row[0]}\n".encode())
-    return digest.hexdigest()
+                chunks.append(f"{row[0]}\n".encode())
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+    return Digest(digest.hexdigest(), size)
+
+
+def changed_bytes(before: Mapping[str, Any], after: Mapping[str, Any]) -> int:
+    """How many bytes of the checksummed data differ between two `checksum()` results: 0 exactly when they are
+    equal, otherwise an upper bound (a count that can only overstate a change, never hide one).
+
+    A digest says that a database's dump changed, not where: all of that dump counts, before and after. A list
+    part (pg_database rows, Redis keys with their values) counts the entries found on one side only, each as
+    the line a dump would write (its fields tab-separated, then a newline), so a changed value counts as its
+    old entry plus its new one. A part found on one side only counts whole; one that differs otherwise (the
+    same entries in another order) counts whole on both sides, and one with no bytes to count (an empty part
+    against a missing one, an empty database's dump against none) counts 1, so that 0 still means equal.
+    """
+    return sum(_part_changed(before.get(key), after.get(key)) for key in before.keys() | after.keys())
+
+
+def _part_changed(old: Any, new: Any) -> int:
+    if old == new:
+        return 0
+    if isinstance(old, Digest) or isinstance(new, Digest):
+        counted = sum(part.size for part in (old, new) if isinstance(part, Digest))
+    else:
+        lines_old, lines_new = Counter(_lines(old)), Counter(_lines(new))
+        differing = (lines_old - lines_new) + (lines_new - lines_old)
+        counted = sum(len(line) * n for line, n in differing.items())
+        counted = counted or sum(len(line) for line in [*_lines(old), *_lines(new)])
+    return counted or 1
+
+
+def _lines(part: Any) -> list[bytes]:
+    entries = [] if part is None else list(part) if isinstance(part, list | tuple) else [part]
+    return [("\t".join(map(str, e)) if isinstance(e, list | tuple) else str(e)).encode() + b"\n" for e in entries]
 
 
 def databases_like(postgres_url: str, prefix: str) -> set[str]:
