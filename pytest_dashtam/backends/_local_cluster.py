@@ -21,6 +21,7 @@ from typing import Literal
 from pytest_dashtam.backends._local_binaries import PgBinaries
 from pytest_dashtam.backends._local_procs import RunAs, chown_tree
 from pytest_dashtam.backends._local_servers import log_tail, server_env
+from pytest_dashtam.cache import cache_root
 from pytest_dashtam.errors import BackendError, ConfigError
 
 # Bump when the initdb arguments change: old cache entries then stop matching.
@@ -29,30 +30,6 @@ INITDB_ARGS = ("-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--n
 # A file in a test stack's run folder: "when this cluster stops, keep it as the next runs' seed".
 SEED_REQUEST = "keep-as-seed"
 ClusterSource = Literal["seed", "hit", "miss"]
-
-
-def cache_root() -> Path:
-    """The user's cache folder for pytest-dashtam (DASHTAM_CACHE_DIR, XDG_CACHE_HOME, ~/.cache)."""
-    explicit = os.environ.get("DASHTAM_CACHE_DIR")
-    if explicit:
-        # The default cache is best effort; a folder the user named and the plugin cannot use is a mistake.
-        path = Path(explicit).expanduser()
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            usable = os.access(path, os.W_OK | os.X_OK)
-        except OSError as exc:
-            raise ConfigError(
-                f"DASHTAM_CACHE_DIR={explicit!r} cannot be made a folder ({exc.strerror or exc}); "
-                "point it at a folder this user can write, or unset it"
-            ) from None
-        if not usable:
-            raise ConfigError(
-                f"DASHTAM_CACHE_DIR={explicit!r} is not writable; point it at a folder this user can write"
-            )
-        return path
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "pytest-dashtam"
 
 
 def seed_cache_root() -> Path | None:

@@ -174,7 +174,8 @@ class ExternalBackend:
         self.timeout = timeout if timeout is not None else min(options.timeout, DEFAULT_TIMEOUT)
 
     def available(self) -> bool:
-        """Both server URLs are given: there is something to attach to (whether it answers is start's to say)."""
+        """The server URLs are given (PostgreSQL's alone for a project without Redis): there is something to
+        attach to (whether it answers is start's to say)."""
         return bool(self.options.postgres_url and (self.options.redis_url or not self.options.redis))
 
     def _urls(self) -> tuple[str, str]:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import configparser
 import contextlib
 import hashlib
+import json
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,9 +69,81 @@ def _script_locations(alembic_ini: str) -> tuple[Path, list[Path]]:
         return Path(script.dir).resolve(), [Path(p).resolve() for p in versions]
 
 
+# The note of where a project's Alembic scripts are (see _remembered_locations); bump when its form changes.
+_LOCATIONS_NOTE = 1
+
+
+def _folders(bases: list[Path]) -> dict[str, int]:
+    """Every folder under `bases` (themselves included) and its mtime: a file added, removed or renamed in a
+    folder changes the folder's mtime, so equal mtimes mean the same set of files in each."""
+    found: dict[str, int] = {}
+    for base in bases:
+        with contextlib.suppress(OSError):
+            found[str(base)] = base.stat().st_mtime_ns
+            for sub in base.rglob("*"):
+                if sub.is_dir() and "__pycache__" not in sub.parts:
+                    found[str(sub)] = sub.stat().st_mtime_ns
+    return found
+
+
+def _note_path(alembic_ini: str) -> Path | None:
+    from pytest_dashtam.cache import cache_root
+
+    try:
+        root = cache_root()
+    except ConfigError:
+        return None  # an unusable DASHTAM_CACHE_DIR is the local backend's to refuse; no note then
+    key = hashlib.blake2b(str(Path(alembic_ini).resolve()).encode(), digest_size=8).hexdigest()
+    return root / f"alembic-locations-{key}.json"
+
+
+def _remembered_locations(alembic_ini: str) -> tuple[Path, list[Path]]:
+    """`_script_locations`, remembered in the user's cache while alembic.ini and the script folders are
+    unchanged (their mtimes and the ini's size).
+
+    Asking Alembic where the scripts are means importing it and reading the configuration, the largest part
+    of a cache hit's template phase; what the files hold is still read and hashed every run, so the note
+    only spares finding them. Any change to alembic.ini or to the set of files in a script folder makes it
+    ask Alembic again; a note that cannot be read or written is simply not used.
+    """
+    ini = Path(alembic_ini)
+    note = _note_path(alembic_ini)
+    try:
+        ini_stat = ini.stat()
+    except OSError:
+        return _script_locations(alembic_ini)  # _alembic_config says what is wrong with it
+    ini_key = [ini_stat.st_mtime_ns, ini_stat.st_size]
+    if note is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(note.read_text(encoding="utf-8"))
+            root, locations = Path(data["root"]), [Path(p) for p in data["locations"]]
+            if (
+                data["note"] == _LOCATIONS_NOTE
+                and data["ini"] == ini_key
+                and data["folders"] == _folders([root, *locations])
+            ):
+                return root, locations
+    root, locations = _script_locations(alembic_ini)
+    if note is not None:
+        record = {
+            "note": _LOCATIONS_NOTE,
+            "ini": ini_key,
+            "root": str(root),
+            "locations": [str(p) for p in locations],
+            "folders": _folders([root, *locations]),
+        }
+        with contextlib.suppress(OSError):
+            note.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=note.parent, prefix=f".{note.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(record, out)
+            os.replace(tmp, note)  # whole or not at all: concurrent runs read one note or the other
+    return root, locations
+
+
 def _alembic_files(alembic_ini: str) -> list[tuple[str, Path]]:
     """(stable name, path) of every Python file that shapes the migrated schema: env.py and the revisions."""
-    root, locations = _script_locations(alembic_ini)
+    root, locations = _remembered_locations(alembic_ini)
     found: dict[Path, str] = {}
     for base in [root, *locations]:
         for path in base.rglob("*.py"):
