@@ -127,6 +127,7 @@ def _remembered_locations(alembic_ini: str) -> tuple[Path, list[Path]]:
     if note is not None:
         record = {
             "note": _LOCATIONS_NOTE,
+            "ini_path": str(ini.resolve()),
             "ini": ini_key,
             "root": str(root),
             "locations": [str(p) for p in locations],
@@ -138,7 +139,17 @@ def _remembered_locations(alembic_ini: str) -> tuple[Path, list[Path]]:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(record, out)
             os.replace(tmp, note)  # whole or not at all: concurrent runs read one note or the other
+        _forget_gone_projects(note.parent)
     return root, locations
+
+
+def _forget_gone_projects(folder: Path) -> None:
+    """Notes of projects whose alembic.ini is gone (a deleted checkout, a test's temporary copy) are removed
+    whenever a note is written, so the cache does not grow with every project that ever ran here."""
+    for other in folder.glob("alembic-locations-*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if not Path(json.loads(other.read_text(encoding="utf-8"))["ini_path"]).exists():
+                other.unlink()
 
 
 def _alembic_files(alembic_ini: str) -> list[tuple[str, Path]]:

@@ -81,3 +81,18 @@ def test_a_damaged_or_unwritable_note_is_not_used(project: Path, asked: list[str
         note.write_text("{not json")
     assert template_hash(ini, None) == first
     assert len(asked) == 2
+
+
+def test_notes_of_projects_that_are_gone_are_forgotten(project: Path, tmp_path: Path) -> None:
+    """A temporary copy of a project leaves no note behind once it is gone and another note is written."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "alembic.ini").write_text((project / "alembic.ini").read_text())
+    (gone / "alembic").mkdir()
+    (gone / "alembic" / "env.py").write_text("# env\n")
+    template_hash(str(gone / "alembic.ini"), None)
+    notes = tmp_path / "cache"
+    assert len(list(notes.glob("alembic-locations-*.json"))) == 1
+    (gone / "alembic.ini").unlink()
+    template_hash(str(project / "alembic.ini"), None)
+    assert len(list(notes.glob("alembic-locations-*.json"))) == 1  # the project's own, the gone one removed
