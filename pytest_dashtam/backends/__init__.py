@@ -73,15 +73,19 @@ def select_backend(
 ) -> tuple[Backend, str]:
     """(the backend, why it was chosen) for `choice`; `auto` resolved here and nowhere else.
 
-    `auto` = external when both server URLs are given (`options.postgres_url`, `options.redis_url`), compose
-    when a Docker engine with the compose v2 plugin answers, local otherwise. An explicit choice is taken as
-    it is: the reason is "from <chosen_by>" (the caller knows the source: "--dashtam-backend",
-    "DASHTAM_BACKEND", "ini dashtam_backend"). `make` builds the candidates (tests pass fakes).
+    `auto` = external when the server URLs are given (`options.postgres_url`, `options.redis_url`), compose
+    when the compose files exist and a Docker engine with the compose v2 plugin answers, local otherwise. An
+    explicit choice is taken as it is: the reason is "from <chosen_by>" (the caller knows the source:
+    "--dashtam-backend", "DASHTAM_BACKEND", "ini dashtam_backend"). `make` builds the candidates (tests pass fakes).
     """
     if choice != "auto":
         return make(choice, options), f"from {chosen_by}"
+    fallback = AUTO_FALLBACK
     for name, reason in AUTO_ORDER:
         backend = make(name, options)
         if backend.available():
             return backend, reason
-    return make("local", options), AUTO_FALLBACK
+        because = getattr(backend, "unavailable_because", None)  # compose: an engine, but no compose file
+        if isinstance(because, str) and because:
+            fallback = f"auto: no server URLs, {because}"
+    return make("local", options), fallback

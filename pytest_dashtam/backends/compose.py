@@ -107,12 +107,21 @@ class ComposeBackend:
         self._docker = ProjectDocker(self.project_name, self.compose_files, self.env_file, root)
         self._stack: Stack | None = None
         self._started = False
+        self.unavailable_because: str | None = None  # set by available()
 
     # ------------------------------------------------------------------ protocol
 
     def available(self) -> bool:
-        """A Docker engine with the compose v2 plugin answers (see `docker_available`)."""
-        return docker_available()
+        """The compose files exist and a Docker engine with the compose v2 plugin answers (`docker_available`).
+
+        A project without a compose file (most projects that never wrote one) is no compose project, whatever
+        engine the machine runs: `auto` goes on to the local backend instead of failing every test on the
+        missing file. `unavailable_because` says which files were missing, for the reason `auto` gives."""
+        root = self.options.project_root.resolve()
+        missing = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in self.compose_files]
+        missing = [name for name, p in zip(missing, self.compose_files, strict=True) if not p.is_file()]
+        self.unavailable_because = f"no compose file ({', '.join(missing)})" if missing else None
+        return not missing and docker_available()
 
     def template_built(self, stack: Stack) -> None:
         """Nothing to keep: the template lives as long as the project's volume, kept or not by `keep`."""

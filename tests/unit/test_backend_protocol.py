@@ -152,6 +152,27 @@ def test_auto_with_the_real_backends_and_no_engine(monkeypatch: pytest.MonkeyPat
     assert reason == "auto: no server URLs, no Docker engine with compose"
 
 
+def test_auto_is_local_for_a_project_without_a_compose_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine answers, but the project has no compose file: auto does not pick compose (which would fail
+    every test on the missing file), and says why; no `docker` process is needed to say so."""
+    asked: list[bool] = []
+
+    def engine() -> bool:
+        asked.append(True)
+        return True
+
+    monkeypatch.setattr(compose_module, "docker_available", engine)
+    backend, reason = select_backend("auto", BackendOptions(project_root=tmp_path))
+    assert backend.name == "local"
+    assert reason == "auto: no server URLs, no compose file (docker/docker-compose.test.yml)"
+    assert asked == []
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "docker-compose.test.yml").write_text("services: {}\n")
+    backend, reason = select_backend("auto", BackendOptions(project_root=tmp_path))
+    assert (backend.name, reason) == ("compose", "auto: a Docker engine with compose answers")
+    assert asked == [True]
+
+
 # --- availability ---------------------------------------------------------------------------------
 
 
