@@ -147,8 +147,13 @@ def _forget_gone_projects(folder: Path) -> None:
     """Notes of projects whose alembic.ini is gone (a deleted checkout, a test's temporary copy) are removed
     whenever a note is written, so the cache does not grow with every project that ever ran here."""
     for other in folder.glob("alembic-locations-*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            if not Path(json.loads(other.read_text(encoding="utf-8"))["ini_path"]).exists():
+        with contextlib.suppress(OSError):
+            try:
+                data = json.loads(other.read_text(encoding="utf-8"))
+                gone = data["note"] != _LOCATIONS_NOTE or not Path(data["ini_path"]).exists()
+            except (ValueError, KeyError, TypeError):
+                gone = True  # unreadable, or of an older form: made again when its project runs
+            if gone:
                 other.unlink()
 
 

@@ -93,6 +93,7 @@ def test_notes_of_projects_that_are_gone_are_forgotten(project: Path, tmp_path: 
     template_hash(str(gone / "alembic.ini"), None)
     notes = tmp_path / "cache"
     assert len(list(notes.glob("alembic-locations-*.json"))) == 1
+    (notes / "alembic-locations-0123456789abcdef.json").write_text('{"note": 0}')  # an older form
     (gone / "alembic.ini").unlink()
     template_hash(str(project / "alembic.ini"), None)
     assert len(list(notes.glob("alembic-locations-*.json"))) == 1  # the project's own, the gone one removed
