@@ -36,6 +36,10 @@ DEV_PORT_VARS = {"postgres": ("DASHTAM_DEV_POSTGRES_PORT", 5432), "redis": ("DAS
 _MAX_SOCKET_DIR = 90
 # Read back once PostgreSQL accepts logins: its version, and what the tuning really is.
 _SETTINGS = ("server_version", *TEST_TUNING)
+# A throw-away test cluster keeps little WAL: PostgreSQL keeps up to max_wal_size of it between checkpoints and
+# recycles segments up to that (1 GB by default), in memory here (tmpfs), and the cluster kept as the next
+# runs' seed is copied on every start. Checkpoints on such a cluster are cheap (fsync is off).
+THROWAWAY_WAL: dict[str, str] = {"min_wal_size": "2MB", "max_wal_size": "8MB"}
 
 
 def dev_port(server: str) -> int:
@@ -251,7 +255,7 @@ class Launch:
             pg_version_bin, cluster_source, self.cache_filler = cluster_from_cache(
                 self.pg_bins, paths["data"], run_as, paths["postgres_log"], cache_dir
             )
-        settings = {} if dev else dict(TEST_TUNING)
+        settings = {} if dev else {**TEST_TUNING, **THROWAWAY_WAL}
         pg_proc = spawn_postgres(
             self.pg_bins, paths["data"], state.postgres_port, paths["socket"], paths["postgres_log"], settings, run_as
         )

@@ -153,3 +153,22 @@ def test_the_seed_keeps_only_the_newest_templates_and_what_is_not_ours(folders: 
         assert "someones_data" in left
     finally:
         second.stop()
+
+
+def test_a_seed_carries_no_spare_wal(folders: tuple[Path, Path]) -> None:
+    """The seed is copied on every later start, and a test cluster lives in memory: it keeps no more WAL than
+    its small max_wal_size, however much the run wrote."""
+    cache, state = folders
+    first = _backend(cache, state)
+    stack = first.start()
+    try:
+        assert (_sql(stack, "SHOW min_wal_size"), _sql(stack, "SHOW max_wal_size")) == ("2MB", "8MB")
+        for i in range(6):  # each clone writes the database to the WAL: far beyond max_wal_size
+            _sql(stack, f"CREATE DATABASE walfill_test_tpl_{i:012x}")
+            _sql(stack, "SELECT pg_switch_wal()")
+        first.template_built(stack)
+    finally:
+        first.stop()
+    (seed,) = cache.glob("pg-*-seed")
+    wal = sum(f.stat().st_size for f in (seed / "data" / "pg_wal").iterdir() if f.is_file())
+    assert wal <= 9 * 1024 * 1024, f"{wal} bytes of WAL in the seed"  # max_wal_size, not PostgreSQL's 1 GB
