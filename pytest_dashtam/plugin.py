@@ -409,6 +409,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             phases: dict[str, float] = report.get("timings", {})
             parts = [f"{phase} {phases[phase] * 1000:.0f} ms" for phase in PHASES if phase in phases]
             who = f"{report.get('database', '')}: " if len(reports) > 1 else ""
+            if "error" in report:  # the phases that ran before the stack failed, and that it failed
+                lines.append(f"dashtam timings: {who}{', '.join([*parts, 'then not started (above)'])}")
+                continue
             hit = " (template cache hit)" if report.get("cache_hit") else " (template built)"
             lines.append(f"dashtam timings: {who}{', '.join(parts)}{hit}")
     watchdog = config.stash.get(WATCHDOG_KEY, None)

@@ -393,7 +393,7 @@ class DashtamRun:
         """What the header/summary prints about the running stack (JSON-able, for xdist's controller)."""
         p = self._prepared
         if p is None:
-            return {"error": str(self._error)} if self._error is not None else {}
+            return {"error": str(self._error), "timings": self.timings.phases} if self._error is not None else {}
         return {
             "backend": p.stack.backend,
             "backend_reason": p.backend_reason,

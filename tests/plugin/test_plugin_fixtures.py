@@ -68,9 +68,12 @@ def test_a_start_failure_errors_each_test_that_needs_the_stack(inner: Inner) -> 
         "--dashtam-postgres-url=postgresql://postgres@127.0.0.1:1/postgres",
         "--dashtam-redis-url=redis://127.0.0.1:1",
         "--dashtam-timeout=1",
+        "--dashtam-timings",
     )
     # The four stack tests error; the override check and the plain test still pass.
     result.assert_outcomes(errors=4, passed=2)
+    # --dashtam-timings says how long the start took and that the stack never came, not "template built".
+    result.stdout.fnmatch_lines(["dashtam timings: start * ms, then not started (above)"])
     expected = "PostgreSQL at postgresql://postgres@127.0.0.1:1/postgres did not answer within 1.0s: "
     errors = [line for line in result.stdout.lines if line.startswith(expected)]
     assert len(errors) == 4, result.stdout.str()
