@@ -70,7 +70,11 @@ def postgres_facts(url: str, timeout: float) -> PostgresFacts:
 def _redis_once(url: str) -> RedisFacts:
     client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
-        info = client.info("server")
+        try:
+            info = client.info("server")
+        except (redis.AuthenticationError, redis.ResponseError) as exc:
+            # An answer, and a refusal no retry changes (a password the project's Redis asks for): one line.
+            raise ProbeError(f"Redis at {mask_url(url)} refused the plugin: {first_line(exc)}") from None
         try:
             databases: int | None = int(str(client.config_get("databases")["databases"]))
         except (redis.ResponseError, KeyError, ValueError):
@@ -91,4 +95,4 @@ def redis_facts(url: str, timeout: float) -> RedisFacts:
             retry=(redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError),
         )
     except PollTimeout as exc:
-        raise ProbeError(f"Redis at {url} did not answer within {timeout:.0f}s: {exc.last}") from None
+        raise ProbeError(f"Redis at {mask_url(url)} did not answer within {timeout:.0f}s: {exc.last}") from None

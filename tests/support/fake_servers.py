@@ -91,16 +91,19 @@ class _Loop:
 
 
 class FakeServer(_Loop):
-    """`silent`: never answers; `once`: answers the first question of the first connection, then never again."""
+    """`silent`: never answers; `once`: answers the first question of the first connection, then never again;
+    `noauth` (Redis): answers every command with -NOAUTH, as a server with a password the client lacks."""
 
-    def __init__(self, behaviour: Literal["silent", "once"], kind: Literal["PostgreSQL", "Redis"] = "Redis") -> None:
+    def __init__(
+        self, behaviour: Literal["silent", "once", "noauth"], kind: Literal["PostgreSQL", "Redis"] = "Redis"
+    ) -> None:
         super().__init__()
         self.behaviour = behaviour
         self.kind = kind
         self.answered = 0
 
     def on_accept(self, conn: socket.socket) -> None:
-        if self.behaviour == "once" and self.answered == 0:
+        if (self.behaviour == "once" and self.answered == 0) or self.behaviour == "noauth":
             self.watch(conn, None)
 
     def on_readable(self, sock: socket.socket, data: object) -> None:
@@ -110,6 +113,10 @@ class FakeServer(_Loop):
             chunk = b""
         if not chunk:
             self.forget(sock)
+            return
+        if self.behaviour == "noauth":
+            sock.sendall(b"-NOAUTH Authentication required.\r\n" * max(1, chunk.count(b"*")))
+            self.answered += 1
             return
         if self.answered == 0:
             if self.kind == "PostgreSQL" and chunk.startswith(_SSL_REQUEST):
