@@ -511,10 +511,12 @@ def test_the_app_suite_on_the_compose_backend_leaves_dev_data_untouched(projects
     """
     env_dir = tmp_path / "env"
     env_dir.mkdir()
+    # A name of this test's own: another checkout's run of this test may share the `dashtam-test` stack.
+    database = f"dashtam_test_compose_it_{uuid.uuid4().hex[:6]}"
     lines = []
     for line in (REPO / "env" / ".env.test").read_text().splitlines():
         if line.startswith("DATABASE_URL="):
-            line = line.rsplit("/", 1)[0] + "/dashtam_test_compose_it"
+            line = line.rsplit("/", 1)[0] + "/" + database
         elif line.startswith("REDIS_URL="):
             line = line.rsplit("/", 1)[0] + "/7"
         lines.append(line)
@@ -568,7 +570,7 @@ def test_the_app_suite_on_the_compose_backend_leaves_dev_data_untouched(projects
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
         assert "dashtam: backend=compose" in run.stdout
-        assert "database dashtam_test_compose_it " in run.stdout
+        assert f"database {database} " in run.stdout
         assert " passed" in run.stdout
 
         assert container_ids(dev_project, running_only=True) == dev_ids
