@@ -136,9 +136,14 @@ def _remembered_locations(alembic_ini: str) -> tuple[Path, list[Path]]:
         with contextlib.suppress(OSError):
             note.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=note.parent, prefix=f".{note.name}.")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(record, out)
-            os.replace(tmp, note)  # whole or not at all: concurrent runs read one note or the other
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(record, out)
+                os.replace(tmp, note)  # whole or not at all: concurrent runs read one note or the other
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a full disk: no half-written file left behind
+                raise
         _forget_gone_projects(note.parent)
     return root, locations
 
