@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,8 +99,11 @@ def log_tail(text: str, lines: int = 8, width: int = 600) -> str:
     return folded if len(folded) <= width else "..." + folded[-width:]
 
 
-def up_failure_message(docker: ProjectDocker, result: Result, env: EnvName, timeout: float) -> str:
-    """What went wrong in a failed `compose up --wait` (`result`), and what to do about it."""
+def up_failure_message(
+    docker: ProjectDocker, result: Result, env: EnvName, timeout: float, required: Sequence[str] = REQUIRED_SERVICES
+) -> str:
+    """What went wrong in a failed `compose up --wait` (`result`), and what to do about it; `required`: the
+    services the stack needs (PostgreSQL alone for a project without Redis)."""
     failure = classify_up_failure(result.stdout + "\n" + result.stderr, docker.name)
     where = f"compose project {docker.name}"
     if failure.kind == "port":
@@ -118,8 +121,8 @@ def up_failure_message(docker: ProjectDocker, result: Result, env: EnvName, time
             f"{(failure.service or 'POSTGRES').upper()}_IMAGE at an image this engine has"
         )
     if failure.kind in ("unhealthy", "timeout"):
-        services = [failure.service] if failure.service else list(REQUIRED_SERVICES)
-        assessment = assess(docker.containers(), REQUIRED_SERVICES)
+        services = [failure.service] if failure.service else list(required)
+        assessment = assess(docker.containers(), required)
         tails = [f"{s} log: {t}" for s in services if (t := service_log(docker, s))]
         what = failure.detail if failure.kind == "unhealthy" else f"not healthy within {timeout:.0f}s"
         return f"{where}: {failure.service or 'a service'} {what} ({assessment.describe()})" + (

@@ -261,7 +261,9 @@ class ComposeBackend:
             except CommandTimeout as exc:
                 result = Result(exc.args_run, -1, exc.stdout, exc.stderr + "\ntimeout: compose up was killed")
             if not result.ok:
-                raise BackendError(up_failure_message(self._docker, result, self.env, self.options.timeout))
+                raise BackendError(
+                    up_failure_message(self._docker, result, self.env, self.options.timeout, self._required)
+                )
             self._started = True
             assessment = assess(self._docker.containers(), self._required)
             if assessment.verdict != "ready":
