@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pytest_dashtam.backends import BackendChoice, EnvName
 from pytest_dashtam.config import PluginConfig
-from pytest_dashtam.config.env_files import read_env_file
+from pytest_dashtam.config.env_files import env_value, read_env_file
 from pytest_dashtam.errors import ConfigError
 
 # The dev environment is the CLI's own (the plugin knows only the test one): its files are fixed.
@@ -40,7 +40,8 @@ class Env:
     config: PluginConfig
 
     def value(self, key: str, default: str = "") -> str:
-        return self.values.get(key) or default
+        """The env file's `key` in any case, as the plugin and pydantic-settings read it (lower-case fields)."""
+        return env_value(self.values, key) or default
 
 
 def say(message: str) -> None:
