@@ -6,6 +6,7 @@ so a stack either of them starts is the one the other finds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ def backend_options(config: PluginConfig) -> BackendOptions:
         redis_url=config.redis_url,
         compose_files=config.compose_files,
         project_name=config.compose_project,
+        project_stem=compose_stem(config.test_database),
         env_file=str(config.env_file),
         postgres_bin=config.postgres_bin,
         redis_bin=config.redis_bin,
@@ -53,3 +55,11 @@ def backend_of(config: PluginConfig, stack: Stack, make: MakeBackend | None = No
     from pytest_dashtam import backends
 
     return (make or backends.get_backend)(stack.backend, backend_options(config))
+
+
+def compose_stem(test_database: str) -> str:
+    """The default compose project's stem: the test database's name without its `test` part (dashtam_test ->
+    dashtam, so Dashtam's stacks are dashtam-test and dashtam-dev), hyphens for underscores. Two checkouts of
+    one project share the stack (the leases keep their runs apart); two projects never share one."""
+    stem = re.sub(r"[_-]?tests?$", "", test_database) or test_database
+    return stem.replace("_", "-").strip("-") or "dashtam"

@@ -189,6 +189,9 @@ class BackendOptions:
     compose_files: tuple[str, ...] = ("docker/docker-compose.test.yml",)
     env_file: str | None = None
     project_name: str | None = None
+    # The default project name is `<project_stem>-<env>`: the plugin derives the stem from the project's test
+    # database (dashtam_test -> dashtam), so two projects on one engine never attach to each other's stack.
+    project_stem: str = "dashtam"
     # Bounded wait for readiness (seconds).
     timeout: float = 60.0
 

@@ -95,7 +95,7 @@ class ComposeBackend:
         """
         self.options = options
         self.env: EnvName = options.env
-        self.project_name = options.project_name or f"dashtam-{options.env}"
+        self.project_name = options.project_name or f"{options.project_stem}-{options.env}"
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._owner_pid = owner_pid
         root = options.project_root

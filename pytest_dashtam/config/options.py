@@ -100,7 +100,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "compose_project",
-        "the compose project name of the test stack (default dashtam-test; give each project its own)",
+        "the compose project name of the test stack (default: the test database's name without its test part, "
+        "then -test: dashtam-test for dashtam_test)",
     ),
     Option("postgres_url", "an existing PostgreSQL server's admin URL (external backend), not the test database"),
     Option("redis_url", "an existing Redis server's URL (external backend); the plugin chooses the index"),

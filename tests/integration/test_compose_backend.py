@@ -560,6 +560,9 @@ def test_the_app_suite_on_the_compose_backend_leaves_dev_data_untouched(projects
                 "-p",
                 "no:cacheprovider",
                 "--dashtam-backend=compose",
+                # The session's own stack when it runs on compose (its default project, named after
+                # dashtam_test): this run's database name alone would name a project of its own.
+                "--dashtam-compose-project=dashtam-test",
                 f"--dashtam-env-file={env_dir / '.env.test'}",
             ],
             cwd=REPO,

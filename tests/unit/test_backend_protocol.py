@@ -29,6 +29,7 @@ from pytest_dashtam.backends.compose import ComposeBackend
 from pytest_dashtam.backends.external import ExternalBackend
 from pytest_dashtam.backends.local import LocalBackend
 from pytest_dashtam.errors import ConfigError
+from pytest_dashtam.stack import compose_stem
 
 POSTGRES_URL, REDIS_URL = "postgresql://p@127.0.0.1/postgres", "redis://127.0.0.1"
 WITH_URLS = BackendOptions(postgres_url=POSTGRES_URL, redis_url=REDIS_URL)
@@ -297,3 +298,22 @@ def test_every_backend_implements_the_whole_protocol() -> None:
     for backend in backends:
         assert all(callable(getattr(backend, method)) for method in methods), backend.name
     assert [b.name for b in backends] == ["local", "compose", "external"]
+
+
+@pytest.mark.parametrize(
+    ("test_database", "project"),
+    [
+        ("dashtam_test", "dashtam-test"),
+        ("bookmarks_test", "bookmarks-test"),
+        ("todo_tests", "todo-test"),
+        ("my_app_test", "my-app-test"),
+        ("test", "test-test"),
+        ("test_myapp", "test-myapp-test"),
+    ],
+)
+def test_the_default_compose_project_comes_from_the_test_database(test_database: str, project: str) -> None:
+    """Two projects on one engine never attach to each other's stack; Dashtam's keeps its documented name."""
+    options = BackendOptions(project_stem=compose_stem(test_database))
+    assert ComposeBackend(options).project_name == project
+    dev = ComposeBackend(BackendOptions(env="dev", project_stem=compose_stem(test_database)))
+    assert dev.project_name == project.removesuffix("-test") + "-dev"
