@@ -63,6 +63,17 @@ class Owner:
             "DASHTAM_STACK_KEEP": "1" if self.keep else "",
         }
 
+    def labels(self, env: str) -> dict[str, str]:
+        """The labels `compose_env` gives a compose file that interpolates them, for a file that does not."""
+        return {
+            LABEL_ENV: env,
+            LABEL_PID: str(self.pid),
+            LABEL_START: self.start,
+            LABEL_HOST: self.host,
+            LABEL_RUN: self.run_id,
+            LABEL_KEEP: "1" if self.keep else "",
+        }
+
     @classmethod
     def from_labels(cls, labels: Mapping[str, str]) -> Owner | None:
         """The recorded owner, or None for a stack started without one (by hand)."""

@@ -31,15 +31,25 @@ say), and `_compose_failures` explains a stack that would not come up.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from pytest_dashtam.backends._compose_cli import CommandTimeout, Result, down_by_name, engine_answers, run
+from pytest_dashtam.backends._compose_cli import (
+    CommandTimeout,
+    ComposeProject,
+    Result,
+    down_by_name,
+    engine_answers,
+    run,
+)
 from pytest_dashtam.backends._compose_containers import (
     POSTGRES_SERVICE,
     REDIS_SERVICE,
@@ -256,8 +266,10 @@ class ComposeBackend:
         wait = self._remaining(deadline)
         try:
             try:
-                # Our own deadline a little past compose's, so compose reports the failing service.
-                result = run(self._docker.project.up(wait), timeout=wait + 15.0, env=env, cwd=self._docker.root)
+                with self._owner_override(owner) as override:
+                    project = ComposeProject(self._docker.name, (*self._docker.files, override), self.env_file)
+                    # Our own deadline a little past compose's, so compose reports the failing service.
+                    result = run(project.up(wait), timeout=wait + 15.0, env=env, cwd=self._docker.root)
             except CommandTimeout as exc:
                 result = Result(exc.args_run, -1, exc.stdout, exc.stderr + "\ntimeout: compose up was killed")
             if not result.ok:
@@ -287,6 +299,25 @@ class ComposeBackend:
             raise
 
     # ------------------------------------------------------------------ checks, reaping, helpers
+
+    @contextlib.contextmanager
+    def _owner_override(self, owner: Owner) -> Iterator[Path]:
+        """A compose file that gives the stack's services this run's owner labels, whatever the project's
+        own files say: an ordinary compose file (the official images' way) carries none, and a stack without
+        them counts as kept, so the next run would attach to a killed run's stack and leave it running for
+        ever instead of taking it down. Labels merge key by key; compose reads the file at `up` only (JSON
+        is YAML)."""
+        labels = owner.labels(self.env)
+        spec = {"services": {service: {"labels": labels} for service in self._required}}
+        fd, name = tempfile.mkstemp(prefix=f"dashtam-{self.project_name}-owner-", suffix=".yml")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(spec, out)
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     @property
     def _required(self) -> tuple[str, ...]:

@@ -7,7 +7,9 @@ there is the plugin's to use and drop; the shared servers the env file names are
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,3 +74,39 @@ def test_postgres_db_in_the_compose_file(tmp_path: Path, shared: Foreign, compos
         timeout=60,
     )
     assert ps.stdout.strip() == ""
+
+
+def test_a_killed_run_s_stack_of_an_ordinary_compose_file_is_reaped(
+    tmp_path: Path, shared: Foreign, compose_project: str
+) -> None:
+    """The todo compose file carries no owner labels (as projects write them); the run labels its stack
+    itself, so after a SIGKILL the next run takes the dead run's stack down instead of attaching to it as
+    a kept one and leaving it running."""
+    index = shared.free_index(1)
+    todo = Todo.make(tmp_path / "k", ADMIN_URL, REDIS_URL, index)
+    todo.write_env(TODO_DB=todo.database)
+    todo.ini(dashtam_compose_files="docker-compose.test.yml", dashtam_compose_project=compose_project)
+    images = compose_images()
+    before = shared.checksum()
+    killed = todo.start("tests/test_slow.py", backend="compose", **images)
+    try:
+        deadline = time.monotonic() + 180
+        while not _containers(compose_project, running=True) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _containers(compose_project, running=True), "the killed run's stack never came up"
+        time.sleep(2)  # past `up`: the tests are running
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.communicate(timeout=60)
+    assert _containers(compose_project, running=True)  # left behind by the SIGKILL
+    result = todo.run("tests/test_todo.py", backend="compose", **images)
+    result.assert_outcomes(passed=5)
+    assert "attached to" not in result.stdout.str()
+    assert _containers(compose_project, running=False) == []  # the dead run's stack reaped, this run's stopped
+    assert shared.checksum() == before
+
+
+def _containers(project: str, *, running: bool) -> list[str]:
+    args = ["docker", "ps", "--quiet", "--filter", f"label=com.docker.compose.project={project}"]
+    found = subprocess.run([*args] if running else [*args, "--all"], capture_output=True, text=True, timeout=60)
+    return found.stdout.split()

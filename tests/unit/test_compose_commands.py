@@ -182,12 +182,19 @@ def test_up_runs_with_owner_labels_and_env_file_winning_over_the_shell(
         b.start()
     calls = fake_docker.calls()
     up = next(c for c in calls if "up" in c["argv"])
+    # The run's own owner labels in a file of their own, after the project's (a file without labels gets them).
+    override = up["argv"][6]
+    assert Path(override).name.startswith("dashtam-unit-up-owner-")
+    assert override.endswith(".yml")
+    assert not Path(override).exists()  # read by `up` alone, removed after it
     assert up["argv"] == [
         "compose",
         "--project-name",
         "unit-up",
         "--file",
         str(REPO / "docker" / "docker-compose.test.yml"),
+        "--file",
+        override,
         "--env-file",
         str(REPO / "env" / ".env.test"),
         "up",
