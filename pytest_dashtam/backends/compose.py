@@ -307,6 +307,16 @@ class ComposeBackend:
         them counts as kept, so the next run would attach to a killed run's stack and leave it running for
         ever instead of taking it down. Labels merge key by key; compose reads the file at `up` only (JSON
         is YAML)."""
+        defined = self._docker.call([*self._docker.project.base(), "config", "--services"])
+        # Not told (an engine that cannot say): the project's files are taken to define them, as before.
+        services = set(defined.stdout.split()) if defined.ok and defined.stdout.strip() else set(self._required)
+        missing = [service for service in self._required if service not in services]
+        if missing:  # a labels-only entry would make compose invent the service and fail on its missing image
+            raise BackendError(
+                f"compose project {self.project_name}: the compose files define no service "
+                f"{' or '.join(repr(m) for m in missing)}; they must define {' and '.join(map(repr, self._required))} "
+                "with healthchecks"
+            )
         labels = owner.labels(self.env)
         spec = {"services": {service: {"labels": labels} for service in self._required}}
         fd, name = tempfile.mkstemp(prefix=f"dashtam-{self.project_name}-owner-", suffix=".yml")

@@ -105,3 +105,35 @@ def test_on_compose_a_postgres_alone_is_the_stack(noredis: Inner, planted: Forei
             check=False,
         )
     assert planted.checksum() == before
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(
+    not docker_available(),
+    reason="no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
+    "plugin and start it, or point DOCKER_HOST at one",
+)
+def test_a_project_that_wants_redis_from_a_compose_file_without_it_is_told_so(noredis: Inner) -> None:
+    project = f"noredis-{uuid.uuid4().hex[:8]}"
+    for variable, image in compose_images().items():
+        noredis.monkeypatch.setenv(variable, image)
+    noredis.monkeypatch.delenv("DASHTAM_POSTGRES_URL")
+    result = noredis.run(
+        "tests/test_notes.py",
+        "-o",
+        "dashtam_redis=true",
+        "--dashtam-backend=compose",
+        "--dashtam-compose-file=docker-compose.test.yml",
+        f"--dashtam-compose-project={project}",
+    )
+    out = result.stdout.str()
+    assert f"compose project {project}: the compose files define no service 'redis'" in out, out
+    assert "Traceback" not in out
+    ps = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ps.stdout.strip() == ""  # nothing was started
