@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from foreign import Foreign, foreign_data
-from selftest import compose_images
+from selftest import compose_containers, compose_images
 from todo_project import Todo
 
 from pytest_dashtam.backends.compose import docker_available
@@ -67,13 +67,7 @@ def test_postgres_db_in_the_compose_file(tmp_path: Path, shared: Foreign, compos
     assert "refusing to drop" not in result.stdout.str()
     assert shared.checksum() == before
     # The run started the project, so it took it down.
-    ps = subprocess.run(
-        ["docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={compose_project}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert ps.stdout.strip() == ""
+    assert compose_containers(compose_project) == []
 
 
 def test_a_killed_run_s_stack_of_an_ordinary_compose_file_is_reaped(
@@ -91,22 +85,16 @@ def test_a_killed_run_s_stack_of_an_ordinary_compose_file_is_reaped(
     killed = todo.start("tests/test_slow.py", backend="compose", **images)
     try:
         deadline = time.monotonic() + 180
-        while not _containers(compose_project, running=True) and time.monotonic() < deadline:
+        while not compose_containers(compose_project, running_only=True) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _containers(compose_project, running=True), "the killed run's stack never came up"
+        assert compose_containers(compose_project, running_only=True), "the killed run's stack never came up"
         time.sleep(2)  # past `up`: the tests are running
     finally:
         os.killpg(killed.pid, signal.SIGKILL)
         killed.communicate(timeout=60)
-    assert _containers(compose_project, running=True)  # left behind by the SIGKILL
+    assert compose_containers(compose_project, running_only=True)  # left behind by the SIGKILL
     result = todo.run("tests/test_todo.py", backend="compose", **images)
     result.assert_outcomes(passed=5)
     assert "attached to" not in result.stdout.str()
-    assert _containers(compose_project, running=False) == []  # the dead run's stack reaped, this run's stopped
+    assert compose_containers(compose_project) == []  # the dead run's stack reaped, this run's stopped
     assert shared.checksum() == before
-
-
-def _containers(project: str, *, running: bool) -> list[str]:
-    args = ["docker", "ps", "--quiet", "--filter", f"label=com.docker.compose.project={project}"]
-    found = subprocess.run([*args] if running else [*args, "--all"], capture_output=True, text=True, timeout=60)
-    return found.stdout.split()

@@ -26,7 +26,7 @@ import pytest
 import tally
 from dev_data import DevData, dev_data
 from foreign import changed_bytes
-from selftest import Servers, suspended_guard
+from selftest import Servers, compose_containers, suspended_guard
 from todo_project import Todo, finish
 
 from pytest_dashtam.backends.compose import docker_available
@@ -42,17 +42,6 @@ SERVER_NAMES = ("postgres", "redis-server", "valkey-server")
 def planted(servers: Servers) -> Iterator[DevData]:
     with suspended_guard(), dev_data(servers.postgres_url, servers.redis_url) as data:
         yield data
-
-
-def _compose_containers(project: str) -> list[str]:
-    out = subprocess.run(
-        ["docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    ).stdout
-    return out.split()
 
 
 def _servers_of(pids: set[int]) -> list[str]:
@@ -114,7 +103,7 @@ def test_two_runs_at_once_pass_apart_and_leave_nothing(
             result.assert_outcomes(passed=4)
         assert _servers_of({a.pid, b.pid}) == []
         if project:
-            assert _compose_containers(project) == []
+            assert compose_containers(project) == []
     finally:
         if project:
             subprocess.run(

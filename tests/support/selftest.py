@@ -124,3 +124,12 @@ def compose_images() -> dict[str, str]:
         if found.returncode == 0:
             images[variable] = stand_in
     return images
+
+
+def compose_containers(project: str, *, running_only: bool = False) -> list[str]:
+    """The ids of compose project `project`'s containers (all of them, or the running ones): what a run left."""
+    args = ["docker", "ps", "--quiet", "--filter", f"label=com.docker.compose.project={project}"]
+    found = subprocess.run(
+        args if running_only else [*args, "--all"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return found.stdout.split()
