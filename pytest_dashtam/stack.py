@@ -31,6 +31,7 @@ def backend_options(config: PluginConfig) -> BackendOptions:
         compose_files=config.compose_files,
         project_name=config.compose_project,
         project_stem=compose_stem(config.test_database),
+        last_one_out=True,
         env_file=str(config.env_file),
         postgres_bin=config.postgres_bin,
         redis_bin=config.redis_bin,

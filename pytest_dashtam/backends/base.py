@@ -189,6 +189,9 @@ class BackendOptions:
     compose_files: tuple[str, ...] = ("docker/docker-compose.test.yml",)
     env_file: str | None = None
     project_name: str | None = None
+    # The plugin's runs (not a bare backend): a compose stack shared by two runs of a project goes when the last
+    # run out stops, whichever started it (see ComposeBackend.stop); a bare backend stops what it started.
+    last_one_out: bool = False
     # The default project name is `<project_stem>-<env>`: the plugin derives the stem from the project's test
     # database (dashtam_test -> dashtam), so two projects on one engine never attach to each other's stack.
     project_stem: str = "dashtam"

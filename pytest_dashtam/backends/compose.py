@@ -30,6 +30,7 @@ say), and `_compose_failures` explains a stack that would not come up.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -117,6 +118,7 @@ class ComposeBackend:
         self._docker = ProjectDocker(self.project_name, self.compose_files, self.env_file, root)
         self._stack: Stack | None = None
         self._started = False
+        self._shares_a_runs_stack = False  # attached to a stack another run brought up (see stop)
         self.unavailable_because: str | None = None  # set by available()
 
     # ------------------------------------------------------------------ protocol
@@ -161,11 +163,22 @@ class ComposeBackend:
         return stack
 
     def stop(self) -> None:
-        """Take down what `start()` brought up (volumes too, for test); leave attached or kept stacks."""
+        """Take down the stack a run brought up (volumes too, for test) once no run uses it any more; leave
+        kept stacks and stacks brought up by hand. A bare backend (not `last_one_out`) stops what it started.
+
+        Two runs of one project name the same compose project: the second attaches to the first's stack. Each
+        run closes its leases before it stops, and the one that then finds no other run's lease connection on
+        the server is the last one out and takes the stack down, whichever started it: the first run to end
+        must not pull the stack from under the other's tests. (Both may find none at the same moment and
+        both take it down; neither can find the other still there after both closed.)
+        """
         stack, self._stack = self._stack, None
-        if stack is None or not self._started or self.options.keep:
+        shared = self.options.last_one_out and self._shares_a_runs_stack
+        if stack is None or self.options.keep or not (self._started or shared):
             return
-        self._started = False
+        self._started = self._shares_a_runs_stack = False
+        if self.options.last_one_out and _other_runs_use(stack):
+            return
         # Dev data lives in named volumes: never remove them from here.
         self._docker.down(volumes=self.env == "test")
 
@@ -251,6 +264,10 @@ class ComposeBackend:
                 f"`docker compose -p {self.project_name} down -v` (or `dashtam-env down {self.env}`) and retry"
             )
         self._started = False
+        # Another run's stack (its owner labels say so, and not kept): the last run out takes it down.
+        postgres = assessment.containers.get(POSTGRES_SERVICE)
+        started_by = Owner.from_labels(postgres.labels) if postgres is not None else None
+        self._shares_a_runs_stack = started_by is not None and not started_by.keep
         return describe(
             self._docker,
             assessment,
@@ -365,3 +382,35 @@ class ComposeBackend:
 
     def _remaining(self, deadline: float) -> float:
         return max(1.0, deadline - time.monotonic())
+
+
+# How long lease connections must stay before they count as another run's: this run's own (its xdist
+# workers' included) were closed just before, and the server drops a closed backend a moment later.
+_LEASES_SETTLE_S = 2.0
+
+
+def _other_runs_use(stack: Stack) -> bool:
+    """Whether another run still holds a lease on the stack's PostgreSQL (its named lease connections, there
+    for the whole of a run); a server that does not answer is used by no one."""
+    import asyncpg
+
+    from pytest_dashtam.isolation import run_async
+    from pytest_dashtam.leases.owner import LEASE_NAME_PREFIX
+
+    async def leases_stay() -> bool:
+        conn = await asyncpg.connect(stack.postgres_url, timeout=5.0)
+        try:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1"
+            deadline = time.monotonic() + _LEASES_SETTLE_S
+            while int(await conn.fetchval(query, LEASE_NAME_PREFIX + "%")) > 0:
+                if time.monotonic() >= deadline:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+        finally:
+            await conn.close()
+
+    try:
+        return run_async(leases_stay)
+    except Exception:
+        return False
