@@ -21,6 +21,7 @@ lock) is it interrupted with SIGINT, pytest's own interrupt path, and again if t
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -84,7 +85,7 @@ def ping(server: Server, timeout: float) -> str | None:
             sock.settimeout(timeout)
             sock.connect(path)
         else:
-            sock = socket.create_connection((server.host, server.port or 0), timeout=timeout)
+            sock = _connect_tcp(server.host, server.port or 0, timeout)
     except ConnectionRefusedError:
         return "refused"
     except OSError as exc:
@@ -99,6 +100,23 @@ def ping(server: Server, timeout: float) -> str | None:
         return f"unreachable ({exc.strerror or exc})"
     finally:
         sock.close()
+
+
+def _connect_tcp(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to `host`; an address literal (what the stacks' URLs hold) is connected to without a
+    name lookup: the ping runs once a second beside the tests, and a lookup is theirs to make or fake."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _addresses(server: Server) -> set[tuple[str, int]]:

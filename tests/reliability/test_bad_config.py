@@ -255,13 +255,20 @@ def _set_ini(todo: Todo, values: dict[str, str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def orphaned_servers(since: float) -> list[str]:
-    """Server processes started since `since` whose parent is gone: what a refused run must not leave."""
+def orphaned_servers(since: float, todo: Todo) -> list[str]:
+    """Server processes of this case's run (they inherit its environment: its project's TODO_SHARED_DB_URL)
+    started since `since` whose parent is gone: what a refused run must not leave. Other tests' runs on the
+    machine at the same moment (a killed run whose janitor has not reaped yet) are not this case's."""
     found = []
     for process in psutil.process_iter(["name", "ppid", "create_time", "cmdline"]):
         info = process.info
         if info["ppid"] == 1 and info["name"] in SERVER_NAMES and info["create_time"] >= since:
-            found.append(" ".join(info["cmdline"] or [info["name"]]))
+            try:
+                ours = process.environ().get("TODO_SHARED_DB_URL") == todo.shared_db_url
+            except psutil.Error:
+                continue  # gone meanwhile
+            if ours:
+                found.append(" ".join(info["cmdline"] or [info["name"]]))
     return found
 
 
@@ -304,7 +311,7 @@ def test_pytest_refuses_bad_configuration(
     _record_output(record_property, result)
     one_line(result, case.expect, exit_code=pytest.ExitCode.USAGE_ERROR, prefix="ERROR: pytest-dashtam: ")
     assert databases_like(planted.postgres_url, todo.database) == set()
-    assert orphaned_servers(since=started) == []
+    assert orphaned_servers(since=started, todo=todo) == []
     after = planted.checksum()
     tally.record(record_property, checksums_compared=1, dev_bytes_changed=changed_bytes(before, after))
     assert after == before
