@@ -30,7 +30,6 @@ say), and `_compose_failures` explains a stack that would not come up.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -53,7 +52,6 @@ from pytest_dashtam.backends._compose_cli import (
 )
 from pytest_dashtam.backends._compose_containers import (
     POSTGRES_SERVICE,
-    REDIS_SERVICE,
     REQUIRED_SERVICES,
     Assessment,
     Container,
@@ -65,7 +63,7 @@ from pytest_dashtam.backends._compose_owner import LABEL_ENV, Owner, dead_projec
 from pytest_dashtam.backends._compose_stack import describe
 from pytest_dashtam.backends.base import BackendName, BackendOptions, EnvName, Stack, StackStatus
 from pytest_dashtam.errors import BackendError
-from pytest_dashtam.poll import PollTimeout, poll
+from pytest_dashtam.poll import PollTimeout, apoll, poll
 
 __all__ = ["ComposeBackend", "docker_available"]
 
@@ -130,9 +128,9 @@ class ComposeBackend:
         engine the machine runs: `auto` goes on to the local backend instead of failing every test on the
         missing file. `unavailable_because` says which files were missing, for the reason `auto` gives."""
         root = self.options.project_root.resolve()
-        missing = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in self.compose_files]
-        missing = [name for name, p in zip(missing, self.compose_files, strict=True) if not p.is_file()]
-        self.unavailable_because = f"no compose file ({', '.join(missing)})" if missing else None
+        missing = [p for p in self.compose_files if not p.is_file()]
+        names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in missing]
+        self.unavailable_because = f"no compose file ({', '.join(names)})" if missing else None
         return not missing and docker_available()
 
     def template_built(self, stack: Stack) -> None:
@@ -298,8 +296,7 @@ class ComposeBackend:
             if assessment.verdict != "ready":
                 raise BackendError(
                     f"compose project {self.project_name} came up without its servers "
-                    f"({assessment.describe()}); the compose files must define services "
-                    f"{POSTGRES_SERVICE!r} and {REDIS_SERVICE!r} with healthchecks"
+                    f"({assessment.describe()}); the compose files must define {self._services_wanted()}"
                 )
             return describe(
                 self._docker,
@@ -331,8 +328,7 @@ class ComposeBackend:
         if missing:  # a labels-only entry would make compose invent the service and fail on its missing image
             raise BackendError(
                 f"compose project {self.project_name}: the compose files define no service "
-                f"{' or '.join(repr(m) for m in missing)}; they must define {' and '.join(map(repr, self._required))} "
-                "with healthchecks"
+                f"{' or '.join(repr(m) for m in missing)}; they must define {self._services_wanted()}"
             )
         labels = owner.labels(self.env)
         spec = {"services": {service: {"labels": labels} for service in self._required}}
@@ -350,6 +346,9 @@ class ComposeBackend:
     def _required(self) -> tuple[str, ...]:
         """The services the stack needs up: PostgreSQL, and Redis unless the project has none."""
         return REQUIRED_SERVICES if self.options.redis else (POSTGRES_SERVICE,)
+
+    def _services_wanted(self) -> str:
+        return f"services {' and '.join(map(repr, self._required))} with healthchecks"
 
     def _check_files(self) -> None:
         for path in self.compose_files:
@@ -399,14 +398,16 @@ def _other_runs_use(stack: Stack) -> bool:
 
     async def leases_stay() -> bool:
         conn = await asyncpg.connect(stack.postgres_url, timeout=5.0)
+        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1"
+
+        async def none_left() -> bool | None:
+            return True if int(await conn.fetchval(query, LEASE_NAME_PREFIX + "%")) == 0 else None
+
         try:
-            query = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1"
-            deadline = time.monotonic() + _LEASES_SETTLE_S
-            while int(await conn.fetchval(query, LEASE_NAME_PREFIX + "%")) > 0:
-                if time.monotonic() >= deadline:
-                    return True
-                await asyncio.sleep(0.05)
+            await apoll(none_left, timeout=_LEASES_SETTLE_S, interval=0.05, what="other runs' leases to go")
             return False
+        except PollTimeout:
+            return True
         finally:
             await conn.close()
 

@@ -21,7 +21,7 @@ from pytest_dashtam.config.env_files import (
     url_database,
     url_redis_index,
 )
-from pytest_dashtam.config.options import BACKENDS, BackendChoice, resolve
+from pytest_dashtam.config.options import BACKENDS, BackendChoice, parse_bool, resolve
 from pytest_dashtam.errors import ConfigError
 
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
@@ -182,8 +182,9 @@ def build_config(
     redis_url = _optional_str(values["redis_url"])
     env_values = read_env_file(env_file)
     # A Redis URL names the external backend's server: with the local or compose backend it is not used.
-    redis = _uses_redis(values, src, env_values, redis_url if backend in ("auto", "external") else None)
-    if str(values["redis"]).strip().lower() == "auto":
+    redis_choice = str(values["redis"]).strip().lower()
+    redis = _uses_redis(redis_choice, values, src, env_values, redis_url if backend in ("auto", "external") else None)
+    if redis_choice == "auto":
         why = "something names a Redis" if redis else "nothing names a Redis"
         sources = {**sources, "redis": f"{src('redis')}: auto, {why}"}
     # Without Redis an external PostgreSQL alone is a whole stack.
@@ -277,21 +278,29 @@ NO_REDIS = (
 
 
 def _uses_redis(
-    values: Mapping[str, object], src: Callable[[str], str], env_values: Mapping[str, str], redis_url: str | None
+    choice: str,
+    values: Mapping[str, object],
+    src: Callable[[str], str],
+    env_values: Mapping[str, str],
+    redis_url: str | None,
 ) -> bool:
-    """The `redis` option: true or false as given; auto is true when anything names a Redis (the test env
-    file's REDIS_URL, a Redis URL for the external backend, the app's Redis dependency). A project that
-    names none has no use for a Redis server, and its code finds none to reach."""
-    raw = str(values["redis"]).strip().lower()
-    if raw == "auto":
+    """The `redis` option (`choice`, lower-cased): true or false as given; auto is true when anything names a
+    Redis (the test env file's REDIS_URL, a Redis URL for the external backend, the app's Redis dependency).
+    A project that names none has no use for a Redis server, and its code finds none to reach."""
+    if choice == "auto":
         return (
             env_value(env_values, "REDIS_URL") is not None
             or redis_url is not None
             or _optional_str(values["redis_dependency"]) is not None
         )
-    if raw in ("true", "1", "yes", "on"):
-        return True
-    if raw in ("false", "0", "no", "off"):
+    refused = ConfigError(f"dashtam_redis={values['redis']!r} (from {src('redis')}) is not auto, true or false")
+    if not choice:  # parse_bool reads an empty value as false; here it is no choice at all
+        raise refused
+    try:  # true and false spelled as every boolean option spells them
+        wanted = parse_bool(choice, "dashtam_redis")
+    except ConfigError:
+        raise refused from None
+    if not wanted:
         if redis_url is not None or _optional_str(values["redis_dependency"]) is not None:
             given = "dashtam_redis_url" if redis_url is not None else "dashtam_redis_dependency"
             raise ConfigError(
@@ -299,7 +308,7 @@ def _uses_redis(
                 "names a Redis; drop one of them"
             )
         return False
-    raise ConfigError(f"dashtam_redis={values['redis']!r} (from {src('redis')}) is not auto, true or false")
+    return True
 
 
 def _optional_str(value: object) -> str | None:
