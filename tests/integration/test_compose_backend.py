@@ -28,22 +28,15 @@ from typing import Any
 import asyncpg
 import pytest
 import redis
-from selftest import compose_images
+from selftest import compose_images, needs_docker
 
 from pytest_dashtam.backends.base import BackendOptions, Stack
-from pytest_dashtam.backends.compose import ComposeBackend, docker_available
+from pytest_dashtam.backends.compose import ComposeBackend
 from pytest_dashtam.errors import BackendError
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.skipif(
-        not docker_available(),
-        reason="no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
-        "plugin and start it, or point DOCKER_HOST at one",
-    ),
-]
+pytestmark = needs_docker()
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -23,9 +23,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 from inner_project import INNER_ADDOPTS, run_apart
-from selftest import compose_images
-
-from pytest_dashtam.backends.compose import docker_available
+from selftest import compose_images, docker_test
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "minimal"
 # The example's tests: tests/test_bookmarks.py and tests/test_isolation.py.
@@ -127,12 +125,7 @@ def compose_project() -> Iterator[str]:
     docker("compose", "--project-name", name, "down", "--volumes", "--remove-orphans", "--timeout", "1")
 
 
-@pytest.mark.docker
-@pytest.mark.skipif(
-    not docker_available(),
-    reason="no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
-    "plugin and start it, or point DOCKER_HOST at one",
-)
+@docker_test
 def test_compose_backend(tmp_path: Path, compose_project: str) -> None:
     root = copy_example(tmp_path)
     images = compose_images()

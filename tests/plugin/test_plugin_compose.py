@@ -16,22 +16,13 @@ from pathlib import Path
 
 import pytest
 from foreign import Foreign, foreign_data
-from selftest import compose_containers, compose_images
+from selftest import compose_containers, compose_images, needs_docker
 from todo_project import Todo
-
-from pytest_dashtam.backends.compose import docker_available
 
 ADMIN_URL = os.environ.get("DASHTAM_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DASHTAM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.skipif(
-        not docker_available(),
-        reason="no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
-        "plugin and start it, or point DOCKER_HOST at one",
-    ),
-]
+pytestmark = needs_docker()
 
 
 @pytest.fixture

@@ -15,9 +15,7 @@ import uuid
 import pytest
 from foreign import Foreign
 from inner_project import Inner
-from selftest import compose_containers, compose_images
-
-from pytest_dashtam.backends.compose import docker_available
+from selftest import compose_containers, compose_images, docker_test
 
 
 @pytest.fixture
@@ -67,12 +65,7 @@ def test_dashtam_redis_false_with_a_redis_dependency_is_one_line(noredis: Inner)
     result.stderr.fnmatch_lines(["*dashtam_redis=false*names a Redis; drop one of them*"])
 
 
-@pytest.mark.docker
-@pytest.mark.skipif(
-    not docker_available(),
-    reason="no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
-    "plugin and start it, or point DOCKER_HOST at one",
-)
+@docker_test
 def test_on_compose_a_postgres_alone_is_the_stack(noredis: Inner, planted: Foreign) -> None:
     project = f"noredis-{uuid.uuid4().hex[:8]}"
     for variable, image in compose_images().items():
@@ -107,12 +100,7 @@ def test_on_compose_a_postgres_alone_is_the_stack(noredis: Inner, planted: Forei
     assert planted.checksum() == before
 
 
-@pytest.mark.docker
-@pytest.mark.skipif(
-    not docker_available(),
-    reason="no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
-    "plugin and start it, or point DOCKER_HOST at one",
-)
+@docker_test
 def test_a_project_that_wants_redis_from_a_compose_file_without_it_is_told_so(noredis: Inner) -> None:
     project = f"noredis-{uuid.uuid4().hex[:8]}"
     for variable, image in compose_images().items():

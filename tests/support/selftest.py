@@ -8,17 +8,20 @@ run before that autouse fixture, so they lift it themselves with `suspended_guar
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
+import pytest
 
 from pytest_dashtam.backends import get_backend
 from pytest_dashtam.backends.base import BackendOptions
+from pytest_dashtam.backends.compose import docker_available
 from pytest_dashtam.guard import active_guard
 
 # Databases every machine of this kind has (someone's data), which no test may touch. A private stack gets
@@ -133,3 +136,26 @@ def compose_containers(project: str, *, running_only: bool = False) -> list[str]
         args if running_only else [*args, "--all"], capture_output=True, text=True, timeout=60, check=False
     )
     return found.stdout.split()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Why a docker test skips on a machine without an engine (CI sets DASHTAM_REQUIRE_DOCKER=1: there it fails).
+DOCKER_MISSING = (
+    "no Docker engine with compose v2 answers (docker compose version): install Docker with the compose "
+    "plugin and start it, or point DOCKER_HOST at one"
+)
+_docker_answers = functools.cache(docker_available)
+
+
+def needs_docker() -> list[pytest.MarkDecorator]:
+    """The marks of a test that needs a real Docker engine with compose (a module's `pytestmark`): the
+    `docker` marker, and a skip saying why where no engine answers (asked once per process)."""
+    return [pytest.mark.docker, pytest.mark.skipif(not _docker_answers(), reason=DOCKER_MISSING)]
+
+
+def docker_test(test: F) -> F:
+    """`needs_docker()` on one test function."""
+    for mark in needs_docker():
+        test = mark(test)
+    return test
